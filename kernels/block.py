@@ -1,0 +1,82 @@
+"""The lock-step block: a structure of arrays holding up to ``LANES`` patients.
+
+Every per-patient quantity is a row with the lanes contiguous (``y[state, lane]``),
+so loops over lanes vectorise (4 doubles per AVX2 instruction). Each lane carries
+its own patient, time, step size and controller history: nothing is shared
+between lanes except the instruction stream.
+"""
+from collections import namedtuple
+
+import numba as nb
+import numpy as np
+
+from kernels.jit import jit_options
+from kernels.tableau import N_STAGES
+
+# 32 lanes measured fastest for the reference model (benchmarks/kernel.py); 128 or
+# more lanes were slower in DESIGN.md's measurements (the block falls out of L1).
+LANES = 32
+
+Problem = namedtuple("Problem", [
+    "y0", "params", "t0", "t1", "rtol", "atol", "save_at",
+    "dose_times", "dose_states", "dose_amounts",
+    "feature_kinds", "feature_weights", "feature_args", "max_steps",
+])
+
+Outputs = namedtuple("Outputs", ["features", "saved", "status", "n_steps"])
+
+Block = namedtuple("Block", [
+    # patient state
+    "patient", "t", "y", "p", "K",
+    # step control
+    "h", "h_try", "log2_err_prev", "rejected_last", "t_stop", "next_dose", "next_save",
+    "n_accepted", "n_attempted", "status",
+    # one trial step
+    "t_new", "y_new", "y_stage", "t_stage", "row", "row2", "log2_err", "accepted", "landed",
+    # lane bookkeeping
+    "rare", "restart", "done",
+    # features
+    "f_value", "f_time", "coeffs", "y_point",
+])
+
+
+@nb.njit(**jit_options())
+def allocate_block(n_states, n_params, n_features):
+    L = LANES
+    return Block(
+        np.zeros(L, np.int64), np.zeros(L), np.zeros((n_states, L)), np.zeros((n_params, L)),
+        np.zeros((N_STAGES, n_states, L)),
+        np.zeros(L), np.zeros(L), np.zeros(L), np.zeros(L, np.bool_), np.zeros(L),
+        np.zeros(L, np.int64), np.zeros(L, np.int64),
+        np.zeros(L, np.int64), np.zeros(L, np.int64), np.zeros(L, np.int8),
+        np.zeros(L), np.zeros((n_states, L)), np.zeros((n_states, L)), np.zeros(L), np.zeros(L),
+        np.zeros(L), np.zeros(L), np.zeros(L, np.bool_), np.zeros(L, np.bool_),
+        np.zeros(L, np.bool_), np.zeros(L, np.bool_), np.zeros(L, np.bool_),
+        np.zeros((n_features, L)), np.zeros((n_features, L)), np.zeros(4), np.zeros(n_states),
+    )
+
+
+@nb.njit(**jit_options())
+def move_lane(B, src, dst):
+    """Copy everything lane ``src`` carries between steps into lane ``dst``."""
+    B.patient[dst] = B.patient[src]
+    B.t[dst] = B.t[src]
+    B.h[dst] = B.h[src]
+    B.log2_err_prev[dst] = B.log2_err_prev[src]
+    B.rejected_last[dst] = B.rejected_last[src]
+    B.t_stop[dst] = B.t_stop[src]
+    B.next_dose[dst] = B.next_dose[src]
+    B.next_save[dst] = B.next_save[src]
+    B.n_accepted[dst] = B.n_accepted[src]
+    B.n_attempted[dst] = B.n_attempted[src]
+    B.status[dst] = B.status[src]
+    B.restart[dst] = B.restart[src]
+    B.done[dst] = B.done[src]
+    for s in range(B.y.shape[0]):
+        B.y[s, dst] = B.y[s, src]
+        B.K[0, s, dst] = B.K[0, s, src]
+    for i in range(B.p.shape[0]):
+        B.p[i, dst] = B.p[i, src]
+    for f in range(B.f_value.shape[0]):
+        B.f_value[f, dst] = B.f_value[f, src]
+        B.f_time[f, dst] = B.f_time[f, src]

@@ -1,0 +1,19 @@
+"""The model library. ``get_model(name, **options)`` returns a :class:`Model`."""
+from kernels.models import cart, predator_prey
+from kernels.models.base import Model, Parameter, State
+
+MODELS = {
+    "cart": cart.model,
+    "predator_prey": predator_prey.model,
+}
+
+
+def get_model(name, **options):
+    try:
+        factory = MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; models are {sorted(MODELS)}") from None
+    return factory(**options)
+
+
+__all__ = ["MODELS", "Model", "Parameter", "State", "get_model"]
