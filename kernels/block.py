@@ -20,7 +20,8 @@ LANES = 32
 Problem = namedtuple("Problem", [
     "y0", "params", "t0", "t1", "rtol", "atol", "save_at",
     "dose_times", "dose_states", "dose_amounts",
-    "feature_kinds", "feature_weights", "feature_args", "max_steps",
+    "tracker_kinds", "tracker_weights", "tracker_args", "tracker_states",
+    "output_trackers", "output_times", "max_steps",
 ])
 
 Outputs = namedtuple("Outputs", ["features", "saved", "status", "n_steps"])
@@ -37,26 +38,37 @@ Block = namedtuple("Block", [
     "rare", "restart", "done",
     # features
     "f_value", "f_time", "coeffs", "y_point",
+    # flat views of the state rows for fused passes over every (state, lane)
+    "y_flat", "y_new_flat", "y_stage_flat", "K_flat", "h_flat", "atol_flat", "err_flat",
+    "integral_flat", "integral",
 ])
 
 
-@nb.njit(**jit_options())
-def allocate_block(n_states, n_params, n_features):
+@nb.njit(**jit_options(allocates=True))
+def allocate_block(n_states, n_params, n_features, atol):
     L = LANES
+    SL = n_states * L
+    y, y_new, y_stage, integral = np.zeros(SL), np.zeros(SL), np.zeros(SL), np.zeros(SL)
+    K = np.zeros((N_STAGES, SL))
+    atol_flat = np.empty(SL)
+    for s in range(n_states):
+        atol_flat[s * L:(s + 1) * L] = atol[s]
     return Block(
-        np.zeros(L, np.int64), np.zeros(L), np.zeros((n_states, L)), np.zeros((n_params, L)),
-        np.zeros((N_STAGES, n_states, L)),
+        np.zeros(L, np.int64), np.zeros(L), y.reshape((n_states, L)), np.zeros((n_params, L)),
+        K.reshape((N_STAGES, n_states, L)),
         np.zeros(L), np.zeros(L), np.zeros(L), np.zeros(L, np.bool_), np.zeros(L),
         np.zeros(L, np.int64), np.zeros(L, np.int64),
         np.zeros(L, np.int64), np.zeros(L, np.int64), np.zeros(L, np.int8),
-        np.zeros(L), np.zeros((n_states, L)), np.zeros((n_states, L)), np.zeros(L), np.zeros(L),
-        np.zeros(L), np.zeros(L), np.zeros(L, np.bool_), np.zeros(L, np.bool_),
+        np.zeros(L), y_new.reshape((n_states, L)), y_stage.reshape((n_states, L)), np.zeros(L),
+        np.zeros(L), np.zeros(L), np.zeros(L), np.zeros(L, np.bool_), np.zeros(L, np.bool_),
         np.zeros(L, np.bool_), np.zeros(L, np.bool_), np.zeros(L, np.bool_),
         np.zeros((n_features, L)), np.zeros((n_features, L)), np.zeros(4), np.zeros(n_states),
+        y, y_new, y_stage, K, np.zeros(SL), atol_flat, np.zeros(SL),
+        integral, integral.reshape((n_states, L)),
     )
 
 
-@nb.njit(**jit_options())
+@nb.njit(**jit_options(inline="always"))
 def move_lane(B, src, dst):
     """Copy everything lane ``src`` carries between steps into lane ``dst``."""
     B.patient[dst] = B.patient[src]

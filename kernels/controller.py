@@ -16,6 +16,7 @@ Initial step: Hairer's algorithm as in ``scipy.integrate._ivp.common.select_init
 import math
 
 import numba as nb
+import numpy as np
 
 from kernels.jit import jit_options
 from kernels.status import NON_FINITE, OK
@@ -32,7 +33,7 @@ LOG2_MIN_ERR_PREV = math.log2(1e-4)
 ERR_CEILING = 1e300
 
 
-@nb.njit(**jit_options())
+@nb.njit(**jit_options(inline="always"))
 def step_factor_log2(log2_err, log2_err_prev, accepted):
     """log2 of h_new / h for one lane (PI control; see module docstring)."""
     z_rejected = LOG2_SAFETY - EXPONENT * log2_err
@@ -65,15 +66,15 @@ def restart_lanes(rhs, P, B, n):
             B.row[l] += a * a
             B.row2[l] += b * b
     for l in range(n):
-        d0 = math.sqrt(B.row[l] / S)
-        d1 = math.sqrt(B.row2[l] / S)
-        h0 = 1e-6 if (d0 < 1e-5 or d1 < 1e-5) else 0.01 * d0 / d1
+        d0 = np.sqrt(B.row[l] / S)
+        d1 = np.sqrt(B.row2[l] / S)
+        h0 = 1e-6 if ((d0 < 1e-5) | (d1 < 1e-5)) else 0.01 * d0 / d1
         h0 = min(h0, P.t1 - B.t[l])
         B.h_try[l] = h0
         B.t_stage[l] = B.t[l] + h0
         B.row2[l] = d1
-        bad = not (abs(d0) < math.inf and abs(d1) < math.inf)
-        B.status[l] = NON_FINITE if (B.restart[l] and bad and B.status[l] == OK) else B.status[l]
+        bad = not ((abs(d0) < math.inf) & (abs(d1) < math.inf))
+        B.status[l] = NON_FINITE if (B.restart[l] & bad & (B.status[l] == OK)) else B.status[l]
     for s in range(S):
         for l in range(n):
             B.y_stage[s, l] = B.y[s, l] + B.h_try[l] * f0[s, l]
@@ -89,7 +90,7 @@ def restart_lanes(rhs, P, B, n):
     for l in range(n):
         h0 = B.h_try[l]
         d1 = B.row2[l]
-        d2 = math.sqrt(B.row[l] / S) / h0
+        d2 = np.sqrt(B.row[l] / S) / h0
         largest = max(d1, d2)
         tiny = largest <= 1e-15
         # (0.01 / max(d1, d2)) ** (1 / (order + 1)), order 4 for the error estimate

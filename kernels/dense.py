@@ -9,7 +9,6 @@ q = w . y the interpolant over a step [t, t + h] is the quartic
 with theta = (tau - t)/h in [0, 1] and P from :mod:`kernels.tableau`.
 """
 import numba as nb
-import numpy as np
 
 from kernels.jit import jit_options
 from kernels.tableau import N_STAGES, P
@@ -88,11 +87,9 @@ def level_root(q0, h, c, level):
 @nb.njit(**jit_options())
 def interpolate_state(y, K, lane, h, theta, out):
     """y(t + theta h) for every state of one lane into ``out[S]``."""
-    weights = np.empty(N_STAGES)
-    for j in range(N_STAGES):
-        weights[j] = theta * (P[j, 0] + theta * (P[j, 1] + theta * (P[j, 2] + theta * P[j, 3])))
     for s in range(y.shape[0]):
         acc = 0.0
         for j in range(N_STAGES):
-            acc += K[j, s, lane] * weights[j]
+            b = theta * (P[j, 0] + theta * (P[j, 1] + theta * (P[j, 2] + theta * P[j, 3])))
+            acc += K[j, s, lane] * b
         out[s] = y[s, lane] + h * acc

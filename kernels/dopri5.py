@@ -22,18 +22,21 @@ Steps land exactly on dose times and on t1 (a step that would end within 1% of
 one is stretched onto it, as in DOPRI5).
 """
 from dataclasses import dataclass
+import functools
 import math
 
 import numba as nb
 import numpy as np
-from numba import types
+from numba import literal_unroll, types
 
 from kernels.block import LANES, Outputs, Problem, allocate_block
+from kernels.cache import compile_cached
 from kernels.controller import ERR_CEILING, LOG2_MIN_ERR_PREV, restart_lanes, step_factor_log2
 from kernels.features import compile_features, features_vector_pass
 from kernels.jit import jit_options
-from kernels.lanes import start_lane, step_events, turnover, finish_lane
+from kernels.lanes import finish_lane, start_lane, step_event, turnover
 from kernels.models.base import RHS_TYPE
+from kernels.passes import combine, scaled_error_squares
 from kernels.status import MAX_STEPS, OK, STEP_UNDERFLOW
 from kernels.tableau import A, C, E
 from kernels.vecmath import exp2, log2
@@ -41,80 +44,82 @@ from kernels.vecmath import exp2, log2
 _EPS = np.finfo(np.float64).eps
 
 
-@nb.njit(**jit_options())
+# Row i of the tableau up to the diagonal, as tuples (see kernels.passes).
+_STAGE_ROWS = tuple(tuple(float(a) for a in A[i, :i]) for i in range(1, 7))
+_ERROR_ROW = tuple(float(e) for e in E)
+
+
+@nb.njit(**jit_options(inline="always"))
 def trial_step(rhs, P, B, n):
     """Stages k2..k7, the fifth-order solution y_new, the error norm, the new
-    step size and the accept/reject decision for the first n lanes."""
-    S = B.y.shape[0]
+    step size and the accept/reject decision for the first n lanes.
+
+    Stage sums run over every (state, lane) of the block in one fused pass;
+    lanes beyond n hold a finished patient's stale, finite numbers and are
+    never read back.
+    """
+    t, h, h_try, t_stop, t_stage = B.t, B.h, B.h_try, B.t_stop, B.t_stage
+    landed, accepted, rare, status = B.landed, B.accepted, B.rare, B.status
+    S, L = B.y.shape[0], B.y.shape[1]
     for l in range(n):
-        land = B.t[l] + 1.01 * B.h[l] >= B.t_stop[l]
-        B.landed[l] = land
-        B.h_try[l] = B.t_stop[l] - B.t[l] if land else B.h[l]
-    for i in range(1, 7):
+        land = t[l] + 1.01 * h[l] >= t_stop[l]
+        landed[l] = land
+        h_try[l] = t_stop[l] - t[l] if land else h[l]
+    for s in range(S):
+        for l in range(n):
+            B.h_flat[s * L + l] = h_try[l]
+    i = 1
+    for coeffs in literal_unroll(_STAGE_ROWS):
         c = C[i]
         for l in range(n):
-            B.t_stage[l] = B.t[l] + c * B.h_try[l]
-        dest = B.y_new if i == 6 else B.y_stage
-        for s in range(S):
-            a0 = A[i, 0]
-            for l in range(n):
-                B.row[l] = a0 * B.K[0, s, l]
-            for j in range(1, i):
-                a = A[i, j]
-                if a != 0.0:
-                    for l in range(n):
-                        B.row[l] += a * B.K[j, s, l]
-            for l in range(n):
-                dest[s, l] = B.y[s, l] + B.h_try[l] * B.row[l]
-        rhs(n, B.t_stage, dest, B.p, B.K[i])
+            t_stage[l] = t[l] + c * h_try[l]
+        last = len(coeffs) == 6
+        combine(B.y_new_flat if last else B.y_stage_flat, B.y_flat, B.h_flat, B.K_flat, coeffs)
+        rhs(n, t_stage, B.y_new if last else B.y_stage, B.p, B.K[i])
+        i += 1
 
+    scaled_error_squares(B.err_flat, B.y_flat, B.y_new_flat, B.h_flat, B.K_flat, _ERROR_ROW,
+                         B.atol_flat, P.rtol)
+    row2 = B.row2
     for l in range(n):
-        B.row2[l] = 0.0
+        row2[l] = 0.0
     for s in range(S):
-        e0 = E[0]
         for l in range(n):
-            B.row[l] = e0 * B.K[0, s, l]
-        for j in range(1, 7):
-            e = E[j]
-            if e != 0.0:
-                for l in range(n):
-                    B.row[l] += e * B.K[j, s, l]
-        atol, rtol = P.atol[s], P.rtol
-        for l in range(n):
-            scale = atol + rtol * max(abs(B.y[s, l]), abs(B.y_new[s, l]))
-            r = B.h_try[l] * B.row[l] / scale
-            B.row2[l] += r * r
+            row2[l] += B.err_flat[s * L + l]
 
+    n_attempted, log2_err_prev, rejected_last = B.n_attempted, B.log2_err_prev, B.rejected_last
+    log2_err, t_new, max_steps = B.log2_err, B.t_new, P.max_steps
     for l in range(n):
-        err = math.sqrt(B.row2[l] / S)
+        err = np.sqrt(row2[l] / S)
         err = err if err < ERR_CEILING else ERR_CEILING   # NaN -> reject
-        h = B.h_try[l]
-        attempts = B.n_attempted[l] + 1
-        B.n_attempted[l] = attempts
-        status = B.status[l]
-        underflow = not (h > 10.0 * _EPS * abs(B.t[l]))
-        status = STEP_UNDERFLOW if (status == OK and underflow) else status
-        status = MAX_STEPS if (status == OK and attempts > P.max_steps) else status
-        B.status[l] = status
-        ok = err <= 1.0 and status == OK
-        log2_err = log2(err)
-        h_new = h * exp2(step_factor_log2(log2_err, B.log2_err_prev[l], ok))
-        h_new = min(h_new, h) if (ok and B.rejected_last[l]) else h_new
-        B.h[l] = h_new
-        B.log2_err[l] = log2_err
-        B.accepted[l] = ok
-        B.t_new[l] = B.t_stop[l] if B.landed[l] else B.t[l] + h
-        B.rare[l] = status != OK or (ok and B.landed[l])
+        hl = h_try[l]
+        attempts = n_attempted[l] + 1
+        n_attempted[l] = attempts
+        st = status[l]
+        underflow = not (hl > 10.0 * _EPS * abs(t[l]))
+        st = STEP_UNDERFLOW if ((st == OK) & underflow) else st
+        st = MAX_STEPS if ((st == OK) & (attempts > max_steps)) else st
+        status[l] = st
+        ok = (err <= 1.0) & (st == OK)
+        le = log2(err)
+        h_new = hl * exp2(step_factor_log2(le, log2_err_prev[l], ok))
+        h_new = min(h_new, hl) if (ok & rejected_last[l]) else h_new
+        h[l] = h_new
+        log2_err[l] = le
+        accepted[l] = ok
+        t_new[l] = t_stop[l] if landed[l] else t[l] + hl
+        rare[l] = (st != OK) | (ok & landed[l])
 
     n_save = P.save_at.shape[0]
     if n_save > 0:
+        save_at, next_save = P.save_at, B.next_save
         for l in range(n):
-            k = min(B.next_save[l], n_save - 1)
-            due = B.next_save[l] < n_save and P.save_at[k] <= B.t_new[l]
-            B.rare[l] = B.rare[l] or (B.accepted[l] and due)
+            k = min(next_save[l], n_save - 1)
+            due = (next_save[l] < n_save) & (save_at[k] <= t_new[l])
+            rare[l] = rare[l] | (accepted[l] & due)
 
 
-@nb.njit(**jit_options())
+@nb.njit(**jit_options(inline="always"))
 def commit(B, n):
     """Accepted lanes move to t_new; k1 <- k7 (first same as last)."""
     for s in range(B.y.shape[0]):
@@ -129,7 +134,7 @@ def commit(B, n):
         B.rejected_last[l] = not ok
 
 
-@nb.njit(**jit_options())
+@nb.njit(**jit_options(inline="always"))
 def _any(flags, n):
     for l in range(n):
         if flags[l]:
@@ -138,9 +143,8 @@ def _any(flags, n):
 
 
 @nb.njit(**jit_options())
-def _solve_chunk(rhs, P, out, begin, end):
-    """Integrate patients [begin, end) through one lock-step block."""
-    B = allocate_block(P.y0.shape[1], P.params.shape[1], P.feature_kinds.shape[0])
+def _run_block(rhs, P, out, B, begin, end):
+    """Integrate patients [begin, end) through the lock-step block B."""
     n = 0
     next_patient = begin
     while n < LANES and next_patient < end:
@@ -150,51 +154,60 @@ def _solve_chunk(rhs, P, out, begin, end):
             finish_lane(P, B, out, n)
         else:
             n += 1
-    has_features = P.feature_kinds.shape[0] > 0
+    has_features = P.tracker_kinds.shape[0] > 0
     while n > 0:
         if _any(B.restart, n):
             restart_lanes(rhs, P, B, n)
         trial_step(rhs, P, B, n)
         if has_features:
             features_vector_pass(P, B, n)
-        step_events(P, B, out, n)
+        for l in range(n):
+            if B.rare[l]:
+                step_event(P, B, out, l)
         commit(B, n)
         if _any(B.done, n):
             n, next_patient = turnover(P, B, out, n, next_patient, end)
 
 
-def _solve_all(rhs, y0, params, t0, t1, rtol, atol, save_at, dose_times, dose_states,
-               dose_amounts, feature_kinds, feature_weights, feature_args, max_steps,
-               chunk, features, saved, status, n_steps):
-    P = Problem(y0, params, t0, t1, rtol, atol, save_at, dose_times, dose_states,
-                dose_amounts, feature_kinds, feature_weights, feature_args, max_steps)
-    out = Outputs(features, saved, status, n_steps)
-    n_patients = y0.shape[0]
-    n_chunks = (n_patients + chunk - 1) // chunk
-    for c in nb.prange(n_chunks):
-        _solve_chunk(rhs, P, out, c * chunk, min(n_patients, (c + 1) * chunk))
+def _driver_template(cache_key):
+    """The parallel driver over chunks of patients (see kernels.cache for ``cache_key``)."""
+
+    def solve_all(rhs, y0, params, t0, t1, rtol, atol, save_at, dose_times, dose_states,
+                  dose_amounts, tracker_kinds, tracker_weights, tracker_args, tracker_states,
+                  output_trackers, output_times, max_steps, chunk, features, saved, status,
+                  n_steps):
+        cache_key  # noqa: B018 -- part of Numba's cache index
+        P = Problem(y0, params, t0, t1, rtol, atol, save_at, dose_times, dose_states,
+                    dose_amounts, tracker_kinds, tracker_weights, tracker_args, tracker_states,
+                    output_trackers, output_times, max_steps)
+        out = Outputs(features, saved, status, n_steps)
+        n_patients = y0.shape[0]
+        n_chunks = (n_patients + chunk - 1) // chunk
+        for c in nb.prange(n_chunks):
+            B = allocate_block(y0.shape[1], params.shape[1], tracker_kinds.shape[0], atol)
+            _run_block(rhs, P, out, B, c * chunk, min(n_patients, (c + 1) * chunk))
+
+    return solve_all
 
 
 _f8_1d, _f8_2d, _f8_3d = types.float64[::1], types.float64[:, ::1], types.float64[:, :, ::1]
 _i8_1d = types.int64[::1]
 _SOLVE_SIGNATURE = types.void(
     RHS_TYPE, _f8_2d, _f8_2d, types.float64, types.float64, types.float64, _f8_1d, _f8_1d,
-    _f8_1d, _i8_1d, _f8_2d, _i8_1d, _f8_2d, _f8_1d, types.int64,
-    types.int64, _f8_2d, _f8_3d, types.int8[::1], _i8_1d)
-
-_compiled = None
+    _f8_1d, _i8_1d, _f8_2d, _i8_1d, _f8_2d, _f8_1d, _i8_1d, _i8_1d, types.boolean[::1],
+    types.int64, types.int64, _f8_2d, _f8_3d, types.int8[::1], _i8_1d)
 
 
-def _kernel():
-    """The parallel kernel, compiled on first use (or loaded from the disk cache).
+@functools.cache
+def kernel():
+    """The parallel kernel, compiled on first use or loaded from the disk cache.
 
-    The right-hand side is passed as a first-class function of a fixed
-    signature, so one compiled (and cached) kernel serves every model.
+    The model's right-hand side is passed as a first-class function of a fixed
+    signature (measured as fast as a direct call), so one compiled kernel
+    serves every model.
     """
-    global _compiled
-    if _compiled is None:
-        _compiled = nb.njit(_SOLVE_SIGNATURE, parallel=True, **jit_options())(_solve_all)
-    return _compiled
+    return compile_cached(_driver_template, _SOLVE_SIGNATURE, parallel=True,
+                          **jit_options(allocates=True))
 
 
 @dataclass(frozen=True)
@@ -282,23 +295,24 @@ def solve(model, y0, params, t0, t1, *, rtol=1e-6, atol=1e-9, save_at=(), doses=
     if np.any(np.diff(save_at) < 0) or np.any((save_at < t0) | (save_at > t1)):
         raise ValueError("save_at must be sorted and lie in [t0, t1]")
     dose_times, dose_states, dose_amounts = _doses(model, doses, n_patients, t0)
-    kinds, weights, args = compile_features(tuple(features), model.state_names)
+    compiled = compile_features(tuple(features), model.state_names)
     if max_steps < 1:
         raise ValueError("max_steps must be >= 1")
 
-    out_features = np.full((n_patients, kinds.size), np.nan)
+    out_features = np.full((n_patients, compiled.output_trackers.size), np.nan)
     saved = np.full((n_patients, save_at.size, n_states), np.nan)
     status = np.zeros(n_patients, np.int8)
     n_steps = np.zeros(n_patients, np.int64)
-    kernel = _kernel()
     previous = nb.get_num_threads()
     n_threads = previous if threads is None else int(threads)
     # a few chunks per thread balance the load; results do not depend on chunking
     chunk = max(LANES, -(-n_patients // (4 * n_threads)))
     nb.set_num_threads(n_threads)
     try:
-        kernel(model.rhs, y0, params, t0, t1, rtol, atol, save_at, dose_times, dose_states,
-               dose_amounts, kinds, weights, args, int(max_steps), chunk,
+        kernel()(model.rhs, y0, params, t0, t1, rtol, atol, save_at, dose_times, dose_states,
+               dose_amounts, compiled.tracker_kinds, compiled.tracker_weights,
+               compiled.tracker_args, compiled.tracker_states, compiled.output_trackers,
+               compiled.output_times, int(max_steps), chunk,
                out_features, saved, status, n_steps)
     finally:
         nb.set_num_threads(previous)

@@ -16,6 +16,10 @@ Each feature watches a quantity q(t) = w . y(t), a weighted sum of states, over
 =============  ==============================================================
 
 At a dose time the state jumps; values at that time are taken after the dose.
+
+Features are compiled into *trackers*: ``max`` and ``argmax`` of the same
+quantity share one tracker (value and time), and so on, so asking for both
+costs one.
 """
 from dataclasses import dataclass
 import math
@@ -25,12 +29,18 @@ import numpy as np
 
 from kernels import dense
 from kernels.jit import jit_options
+from kernels.passes import combine
 from kernels.tableau import P_INTEGRAL
 
-MAX, ARGMAX, MIN, ARGMIN, AUC, VALUE_AT, CROSS_UP, CROSS_DOWN = range(8)
-KINDS = {"max": MAX, "argmax": ARGMAX, "min": MIN, "argmin": ARGMIN, "auc": AUC,
-         "value_at": VALUE_AT, "cross_up": CROSS_UP, "cross_down": CROSS_DOWN}
-_ARG_NAME = {AUC: "until", VALUE_AT: "time", CROSS_UP: "level", CROSS_DOWN: "level"}
+# tracker kinds
+MAX, MIN, AUC, VALUE_AT, CROSS_UP, CROSS_DOWN = range(6)
+# feature kind -> (tracker kind, reports the tracker's time rather than its value)
+KINDS = {"max": (MAX, False), "argmax": (MAX, True), "min": (MIN, False), "argmin": (MIN, True),
+         "auc": (AUC, False), "value_at": (VALUE_AT, False),
+         "cross_up": (CROSS_UP, True), "cross_down": (CROSS_DOWN, True)}
+_ARG_NAME = {"auc": "until", "value_at": "time", "cross_up": "level", "cross_down": "level"}
+# int_t^{t+h} y ds = h * (y + h * sum_j P_INTEGRAL_j k_j)
+_INTEGRAL_ROW = tuple(float(c) for c in P_INTEGRAL)
 
 
 @dataclass(frozen=True)
@@ -46,9 +56,8 @@ class Feature:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown feature kind {self.kind!r}; expected one of {sorted(KINDS)}")
-        code = KINDS[self.kind]
-        if code in _ARG_NAME and math.isnan(self.arg):
-            raise ValueError(f"feature {self.kind!r} needs {_ARG_NAME[code]}")
+        if self.kind in _ARG_NAME and math.isnan(self.arg):
+            raise ValueError(f"feature {self.kind!r} needs {_ARG_NAME[self.kind]}")
 
 
 def _weights(quantity):
@@ -90,35 +99,66 @@ def cross_down(quantity, level):
     return Feature("cross_down", _weights(quantity), float(level))
 
 
+@dataclass(frozen=True)
+class CompiledFeatures:
+    """Arrays the kernel reads: per tracker its kind, weights[T, S], argument and
+    single state (index, or -1 for a weighted sum); per feature its tracker and
+    whether it reports the tracker's time."""
+
+    tracker_kinds: np.ndarray
+    tracker_weights: np.ndarray
+    tracker_args: np.ndarray
+    tracker_states: np.ndarray
+    output_trackers: np.ndarray
+    output_times: np.ndarray
+
+
 def compile_features(features, state_names):
-    """Feature specs -> (kinds int64[F], weights float64[F, S], args float64[F])."""
+    """Feature specs -> :class:`CompiledFeatures`, sharing trackers between features."""
     index = {name: i for i, name in enumerate(state_names)}
-    kinds = np.empty(len(features), np.int64)
-    weights = np.zeros((len(features), len(state_names)))
-    args = np.full(len(features), math.nan)
+    trackers = {}
+    outputs = []
     for f, feature in enumerate(features):
-        kinds[f] = KINDS[feature.kind]
-        args[f] = feature.arg
+        weights = np.zeros(len(state_names))
         for name, w in feature.weights:
             if name not in index:
                 raise ValueError(f"feature {f} ({feature.kind}) names unknown state {name!r}; "
                                  f"states are {list(state_names)}")
-            weights[f, index[name]] += w
-    return kinds, weights, args
+            weights[index[name]] += w
+        kind, reports_time = KINDS[feature.kind]
+        arg = feature.arg if kind in (AUC, VALUE_AT, CROSS_UP, CROSS_DOWN) else math.nan
+        key = (kind, tuple(weights), arg)
+        trackers.setdefault(key, len(trackers))
+        outputs.append((trackers[key], reports_time))
+    keys = list(trackers)
+    weights = np.array([k[1] for k in keys], dtype=np.float64).reshape(len(keys), len(state_names))
+    single = [int(np.flatnonzero(w)[0]) if (np.count_nonzero(w) == 1 and w.max() == 1.0) else -1
+              for w in weights]
+    return CompiledFeatures(
+        np.array([k[0] for k in keys], dtype=np.int64), np.ascontiguousarray(weights),
+        np.array([k[2] for k in keys], dtype=np.float64), np.array(single, dtype=np.int64),
+        np.array([o[0] for o in outputs], dtype=np.int64),
+        np.array([o[1] for o in outputs], dtype=np.bool_))
 
 
 # ---------------------------------------------------------------- jitted passes
 
-@nb.njit(**jit_options())
-def _project(weights, Y, n, out):
-    """out[l] = sum_s weights[s] * Y[s, l] for the first n lanes."""
+@nb.njit(**jit_options(inline="always"))
+def _quantity_row(P, tracker, Y, n, scratch):
+    """Row of q = w . Y over the first n lanes: the state's own row when q is a
+    single state, else the weighted sum computed into ``scratch``."""
+    single = P.tracker_states[tracker]
+    if single >= 0:
+        return Y[single]
+    weights = P.tracker_weights[tracker]
     for l in range(n):
-        out[l] = 0.0
+        scratch[l] = 0.0
     for s in range(weights.shape[0]):
         w = weights[s]
         if w != 0.0:
             for l in range(n):
-                out[l] += w * Y[s, l]
+                scratch[l] += w * Y[s, l]
+    return scratch
 
 
 @nb.njit(**jit_options())
@@ -130,31 +170,31 @@ def _dot(weights, Y, lane):
     return q
 
 
-@nb.njit(**jit_options())
+@nb.njit(**jit_options(inline="always"))
 def start_features(P, B, lane):
-    """Reset a lane's features at t0 and observe the initial (post-dose) state."""
-    for f in range(P.feature_kinds.shape[0]):
-        kind = P.feature_kinds[f]
-        B.f_value[f, lane] = -np.inf if (kind == MAX or kind == ARGMAX) else (
-            np.inf if (kind == MIN or kind == ARGMIN) else (0.0 if kind == AUC else np.nan))
+    """Reset a lane's trackers at t0 and observe the initial (post-dose) state."""
+    for f in range(P.tracker_kinds.shape[0]):
+        kind = P.tracker_kinds[f]
+        B.f_value[f, lane] = -np.inf if kind == MAX else (
+            np.inf if kind == MIN else (0.0 if kind == AUC else np.nan))
         B.f_time[f, lane] = np.nan
     observe_point(P, B, B.y, lane, B.t[lane])
 
 
-@nb.njit(**jit_options())
+@nb.njit(**jit_options(inline="always"))
 def observe_point(P, B, Y, lane, t):
-    """Update features with the exact state ``Y[:, lane]`` at time t."""
-    for f in range(P.feature_kinds.shape[0]):
-        kind = P.feature_kinds[f]
+    """Update trackers with the exact state ``Y[:, lane]`` at time t."""
+    for f in range(P.tracker_kinds.shape[0]):
+        kind = P.tracker_kinds[f]
         if kind == AUC:
             continue
-        q = _dot(P.feature_weights[f], Y, lane)
-        arg = P.feature_args[f]
-        if kind == MAX or kind == ARGMAX:
+        q = _dot(P.tracker_weights[f], Y, lane)
+        arg = P.tracker_args[f]
+        if kind == MAX:
             if q > B.f_value[f, lane]:
                 B.f_value[f, lane] = q
                 B.f_time[f, lane] = t
-        elif kind == MIN or kind == ARGMIN:
+        elif kind == MIN:
             if q < B.f_value[f, lane]:
                 B.f_value[f, lane] = q
                 B.f_time[f, lane] = t
@@ -175,69 +215,60 @@ def features_vector_pass(P, B, n):
     and integrals at the step's end, and flag lanes whose step holds rare work
     (an interior extremum, a landmark, a crossing) for :func:`features_inside_step`.
     """
-    row, err = B.row, B.row2   # scratch rows
-    K0, K6 = B.K[0], B.K[6]
-    for f in range(P.feature_kinds.shape[0]):
-        kind = P.feature_kinds[f]
-        w = P.feature_weights[f]
-        arg = P.feature_args[f]
+    kinds = P.tracker_kinds
+    for f in range(kinds.shape[0]):
+        if kinds[f] == AUC:
+            combine(B.integral_flat, B.y_flat, B.h_flat, B.K_flat, _INTEGRAL_ROW)
+            break
+    for f in range(kinds.shape[0]):
+        kind = kinds[f]
+        arg = P.tracker_args[f]
         value, time = B.f_value[f], B.f_time[f]
-        if kind == MAX or kind == ARGMAX or kind == MIN or kind == ARGMIN:
-            sign = 1.0 if (kind == MAX or kind == ARGMAX) else -1.0
-            _project(w, B.y_new, n, row)
+        if kind == MAX or kind == MIN:
+            sign = 1.0 if kind == MAX else -1.0
+            q = _quantity_row(P, f, B.y_new, n, B.row)
             for l in range(n):
-                better = B.accepted[l] and sign * row[l] > sign * value[l]
-                value[l] = row[l] if better else value[l]
+                better = B.accepted[l] & (sign * q[l] > sign * value[l])
+                value[l] = q[l] if better else value[l]
                 time[l] = B.t_new[l] if better else time[l]
-            _project(w, K0, n, row)
-            _project(w, K6, n, err)
+            slope0 = _quantity_row(P, f, B.K[0], n, B.row)
+            slope1 = _quantity_row(P, f, B.K[6], n, B.row2)
             for l in range(n):
-                turns = sign * row[l] > 0.0 and sign * err[l] < 0.0
-                B.rare[l] = B.rare[l] or (B.accepted[l] and turns)
+                turns = (sign * slope0[l] > 0.0) & (sign * slope1[l] < 0.0)
+                B.rare[l] = B.rare[l] | (B.accepted[l] & turns)
         elif kind == AUC:
-            # int over the step = h * (q0 + h * sum_j P_INTEGRAL_j (w . k_j))
+            mean = _quantity_row(P, f, B.integral, n, B.row)
             for l in range(n):
-                err[l] = 0.0
-            for j in range(7):
-                c = P_INTEGRAL[j]
-                if c != 0.0:
-                    _project(w, B.K[j], n, row)
-                    for l in range(n):
-                        err[l] += c * row[l]
-            _project(w, B.y, n, row)
-            for l in range(n):
-                h = B.h_try[l]
-                whole = B.accepted[l] and B.t_new[l] <= arg
-                value[l] = value[l] + h * (row[l] + h * err[l]) if whole else value[l]
-                partial = B.accepted[l] and B.t[l] < arg and arg < B.t_new[l]
-                B.rare[l] = B.rare[l] or partial
+                whole = B.accepted[l] & (B.t_new[l] <= arg)
+                value[l] = value[l] + B.h_try[l] * mean[l] if whole else value[l]
+                partial = B.accepted[l] & (B.t[l] < arg) & (arg < B.t_new[l])
+                B.rare[l] = B.rare[l] | partial
         elif kind == VALUE_AT:
             for l in range(n):
-                inside = B.accepted[l] and B.t[l] < arg and arg <= B.t_new[l]
-                B.rare[l] = B.rare[l] or inside
+                inside = B.accepted[l] & (B.t[l] < arg) & (arg <= B.t_new[l])
+                B.rare[l] = B.rare[l] | inside
         else:  # CROSS_UP, CROSS_DOWN
             sign = 1.0 if kind == CROSS_UP else -1.0
-            _project(w, B.y, n, row)
-            _project(w, B.y_new, n, err)
+            q0 = _quantity_row(P, f, B.y, n, B.row)
+            q1 = _quantity_row(P, f, B.y_new, n, B.row2)
             for l in range(n):
-                crosses = sign * row[l] < sign * arg and sign * err[l] >= sign * arg
+                crosses = (sign * q0[l] < sign * arg) & (sign * q1[l] >= sign * arg)
                 pending = time[l] != time[l]
-                B.rare[l] = B.rare[l] or (B.accepted[l] and pending and crosses)
+                B.rare[l] = B.rare[l] | (B.accepted[l] & pending & crosses)
 
 
-@nb.njit(**jit_options())
+@nb.njit(**jit_options(inline="always"))
 def features_inside_step(P, B, lane):
     """The rare work for one lane's accepted step [t, t_new], on its interpolant."""
     t, h = B.t[lane], B.h_try[lane]
     c = B.coeffs
-    for f in range(P.feature_kinds.shape[0]):
-        kind = P.feature_kinds[f]
-        w = P.feature_weights[f]
-        arg = P.feature_args[f]
+    for f in range(P.tracker_kinds.shape[0]):
+        kind = P.tracker_kinds[f]
+        w = P.tracker_weights[f]
+        arg = P.tracker_args[f]
         q0 = _dot(w, B.y, lane)
-        q1 = _dot(w, B.y_new, lane)
-        if kind == MAX or kind == ARGMAX or kind == MIN or kind == ARGMIN:
-            sign = 1.0 if (kind == MAX or kind == ARGMAX) else -1.0
+        if kind == MAX or kind == MIN:
+            sign = 1.0 if kind == MAX else -1.0
             dense.quantity_coefficients(w, B.K, lane, c)
             if sign * dense.quantity_slope(c, 0.0) > 0.0 and sign * dense.quantity_slope(c, 1.0) < 0.0:
                 theta = dense.slope_root(c)
@@ -248,24 +279,24 @@ def features_inside_step(P, B, lane):
         elif kind == AUC:
             if t < arg and arg < B.t_new[lane]:
                 dense.quantity_coefficients(w, B.K, lane, c)
-                theta = (arg - t) / h
-                B.f_value[f, lane] += h * dense.quantity_integral(q0, h, c, theta)
+                B.f_value[f, lane] += h * dense.quantity_integral(q0, h, c, (arg - t) / h)
         elif kind == VALUE_AT:
             if t < arg and arg < B.t_new[lane]:
                 dense.quantity_coefficients(w, B.K, lane, c)
                 B.f_value[f, lane] = dense.quantity_at(q0, h, c, (arg - t) / h)
         else:
             sign = 1.0 if kind == CROSS_UP else -1.0
+            q1 = _dot(w, B.y_new, lane)
             if np.isnan(B.f_time[f, lane]) and sign * q0 < sign * arg and sign * q1 >= sign * arg:
                 dense.quantity_coefficients(w, B.K, lane, c)
                 B.f_time[f, lane] = t + dense.level_root(q0, h, c, arg) * h
 
 
-@nb.njit(**jit_options())
+@nb.njit(**jit_options(inline="always"))
 def write_features(P, B, lane, out):
     """A finished lane's features into its output row (NaN unless status is ok)."""
-    for f in range(P.feature_kinds.shape[0]):
-        kind = P.feature_kinds[f]
-        use_time = kind == ARGMAX or kind == ARGMIN or kind == CROSS_UP or kind == CROSS_DOWN
-        value = B.f_time[f, lane] if use_time else B.f_value[f, lane]
-        out[f] = value if B.status[lane] == 0 else np.nan
+    ok = B.status[lane] == 0
+    for f in range(P.output_trackers.shape[0]):
+        tracker = P.output_trackers[f]
+        value = B.f_time[tracker, lane] if P.output_times[f] else B.f_value[tracker, lane]
+        out[f] = value if ok else np.nan

@@ -16,7 +16,7 @@ from kernels.jit import jit_options
 from kernels.status import NON_FINITE, OK
 
 
-@nb.njit(**jit_options())
+@nb.njit(**jit_options(inline="always"))
 def apply_doses(P, B, Y, lane, t):
     """Add every dose due at time t to ``Y[:, lane]``; set the lane's next stop
     (the next dose time or t1). Returns whether any dose was given."""
@@ -31,7 +31,7 @@ def apply_doses(P, B, Y, lane, t):
     return given
 
 
-@nb.njit(**jit_options())
+@nb.njit(**jit_options(inline="always"))
 def save_point(P, B, Y, saved, lane, t):
     """Store ``Y[:, lane]`` for a ``save_at`` time equal to t (after any dose at t)."""
     k = B.next_save[lane]
@@ -42,7 +42,7 @@ def save_point(P, B, Y, saved, lane, t):
     B.next_save[lane] = k
 
 
-@nb.njit(**jit_options())
+@nb.njit(**jit_options(inline="always"))
 def save_inside_step(P, B, saved, lane):
     """Interpolate ``save_at`` times strictly inside the accepted step (t, t_new)."""
     k = B.next_save[lane]
@@ -55,7 +55,7 @@ def save_inside_step(P, B, saved, lane):
     B.next_save[lane] = k
 
 
-@nb.njit(**jit_options())
+@nb.njit(**jit_options(inline="always"))
 def start_lane(P, B, out, lane, patient):
     """Load a patient into a lane at t0: state, parameters, doses due at t0,
     features and save points at t0. Flags the lane for an initial step, or as
@@ -88,7 +88,7 @@ def start_lane(P, B, out, lane, patient):
     B.done[lane] = P.t0 >= P.t1
 
 
-@nb.njit(**jit_options())
+@nb.njit(**jit_options(inline="always"))
 def finish_lane(P, B, out, lane):
     """Write a finished lane's features, status and step count."""
     patient = B.patient[lane]
@@ -98,28 +98,25 @@ def finish_lane(P, B, out, lane):
 
 
 @nb.njit(**jit_options())
-def step_events(P, B, out, n):
-    """Rare work of the step just tried, before it is committed: interpolated
-    features and save points inside the step, doses at its end (added to
-    ``y_new``, so the committed state is post-dose), values at its end, and
-    whether the lane is done (t1 reached or a bad status)."""
-    for l in range(n):
-        if not B.rare[l]:
-            continue
-        B.rare[l] = False
-        if B.status[l] != OK:
-            B.done[l] = True
-            continue
-        if not B.accepted[l]:
-            continue
-        features_inside_step(P, B, l)
-        save_inside_step(P, B, out.saved, l)
-        t_new = B.t_new[l]
-        if B.landed[l]:
-            B.restart[l] = apply_doses(P, B, B.y_new, l, t_new)
-            B.done[l] = t_new >= P.t1
-        observe_point(P, B, B.y_new, l, t_new)
-        save_point(P, B, B.y_new, out.saved, l, t_new)
+def step_event(P, B, out, lane):
+    """Rare work of a lane's step just tried, before it is committed:
+    interpolated features and save points inside the step, doses at its end
+    (added to ``y_new``, so the committed state is post-dose), values at its end,
+    and whether the lane is done (t1 reached or a bad status)."""
+    B.rare[lane] = False
+    if B.status[lane] != OK:
+        B.done[lane] = True
+        return
+    if not B.accepted[lane]:
+        return
+    features_inside_step(P, B, lane)
+    save_inside_step(P, B, out.saved, lane)
+    t_new = B.t_new[lane]
+    if B.landed[lane]:
+        B.restart[lane] = apply_doses(P, B, B.y_new, lane, t_new)
+        B.done[lane] = t_new >= P.t1
+    observe_point(P, B, B.y_new, lane, t_new)
+    save_point(P, B, B.y_new, out.saved, lane, t_new)
 
 
 @nb.njit(**jit_options())

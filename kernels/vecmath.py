@@ -18,7 +18,7 @@ _INV_LN2 = 1.0 / _LN2
 _SQRT2 = math.sqrt(2.0)
 
 
-@nb.njit(**jit_options())
+@nb.njit(**jit_options(inline="always"))
 def log2(x):
     """log2(x) for finite x > 0; x is clamped to [2**-63, 2**63].
 
@@ -85,7 +85,7 @@ def log2(x):
     return e + 2.0 * s * series * _INV_LN2
 
 
-@nb.njit(**jit_options())
+@nb.njit(**jit_options(inline="always"))
 def exp2(z):
     """2**z for z clamped to [-16, 16].
 
