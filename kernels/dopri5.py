@@ -233,23 +233,27 @@ class Solution:
 
 
 def _as_rows(name, values, rows, cols):
-    array = np.ascontiguousarray(values, dtype=np.float64)
-    if array.ndim == 1:
-        array = np.ascontiguousarray(np.broadcast_to(array, (rows, cols)))
+    """A fresh, writable float64[rows, cols]; a vector of length cols is shared by every row."""
+    array = np.array(values, dtype=np.float64, order="C")
+    if array.ndim == 1 and array.shape[0] == cols:
+        array = np.repeat(array[None, :], rows, axis=0)
     if array.shape != (rows, cols):
-        raise ValueError(f"{name} has shape {array.shape}; expected ({rows}, {cols})")
+        raise ValueError(f"{name} has shape {array.shape}; expected ({rows}, {cols}) "
+                         f"or ({cols},)")
     return array
 
 
 def _doses(model, doses, n_patients, t0):
     if doses is None:
         return np.zeros(0), np.zeros(0, np.int64), np.zeros((n_patients, 0))
-    times = np.ascontiguousarray(doses.times, dtype=np.float64).ravel()
-    states = np.array([model.state_index(s) if isinstance(s, str) else int(s)
-                       for s in np.atleast_1d(doses.states)], dtype=np.int64)
-    amounts = _as_rows("doses.amounts", doses.amounts, n_patients, times.size)
+    times = np.array(doses.times, dtype=np.float64).ravel()
+    states = doses.states
+    states = [states] if isinstance(states, (str, int, np.integer)) else list(np.ravel(states))
+    states = np.array([model.state_index(str(s)) if isinstance(s, (str, np.str_)) else int(s)
+                       for s in states], dtype=np.int64)
     if states.size != times.size:
         raise ValueError(f"doses: {times.size} times but {states.size} states")
+    amounts = _as_rows("doses.amounts", doses.amounts, n_patients, times.size)
     if np.any(~np.isfinite(times)) or np.any(np.diff(times) < 0) or np.any(times < t0):
         raise ValueError("doses.times must be finite, non-decreasing and >= t0")
     if np.any((states < 0) | (states >= len(model.states))):
@@ -279,8 +283,8 @@ def solve(model, y0, params, t0, t1, *, rtol=1e-6, atol=1e-9, save_at=(), doses=
     Solution; a patient that fails is reported in ``status`` and never raises.
     """
     n_states, n_params = len(model.states), len(model.parameters)
-    y0 = np.asarray(y0, dtype=np.float64)
-    n_patients = y0.shape[0] if y0.ndim == 2 else np.asarray(params).shape[0]
+    y0, params = np.asarray(y0, dtype=np.float64), np.asarray(params, dtype=np.float64)
+    n_patients = y0.shape[0] if y0.ndim == 2 else (params.shape[0] if params.ndim == 2 else 1)
     y0 = _as_rows("y0", y0, n_patients, n_states)
     params = _as_rows("params", params, n_patients, n_params)
     t0, t1, rtol = float(t0), float(t1), float(rtol)
@@ -288,10 +292,12 @@ def solve(model, y0, params, t0, t1, *, rtol=1e-6, atol=1e-9, save_at=(), doses=
         raise ValueError(f"need finite t0 <= t1, got t0={t0}, t1={t1}")
     if not (rtol > 0 and math.isfinite(rtol)):
         raise ValueError(f"rtol must be positive and finite, got {rtol}")
-    atol = np.ascontiguousarray(np.broadcast_to(np.asarray(atol, np.float64), (n_states,)))
-    if np.any(~(atol >= 0)) or np.any(~np.isfinite(atol)):
-        raise ValueError("atol must be finite and >= 0")
-    save_at = np.ascontiguousarray(save_at, dtype=np.float64).ravel()
+    atol = np.array(atol, dtype=np.float64).ravel()
+    if atol.size == 1:
+        atol = np.full(n_states, atol[0])
+    if atol.size != n_states or np.any(~(atol >= 0)) or np.any(~np.isfinite(atol)):
+        raise ValueError(f"atol must be a finite number >= 0 or {n_states} of them")
+    save_at = np.array(save_at, dtype=np.float64).ravel()
     if np.any(np.diff(save_at) < 0) or np.any((save_at < t0) | (save_at > t1)):
         raise ValueError("save_at must be sorted and lie in [t0, t1]")
     dose_times, dose_states, dose_amounts = _doses(model, doses, n_patients, t0)
