@@ -1,0 +1,1 @@
+"""Everything around the numerical core: configuration, cohorts, policies, Dask, Parquet, reports."""

@@ -1,0 +1,186 @@
+"""The ``cartcohort`` command.
+
+    cartcohort models                 the model library: states and parameters
+    cartcohort demo [--patients N]    simulate a demo cohort of the cart model
+
+Results go to stdout, progress and timing to stderr. A usage or input error is
+one line on stderr and exit status 2.
+"""
+import argparse
+import inspect
+import math
+import sys
+import time
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with errors reported as a single line (no usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def build_parser():
+    from pipeline.demo import DEFAULT_SEED
+
+    parser = _Parser(prog="cartcohort",
+                     description="Virtual-cohort simulation of CAR T cell therapy.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    models = commands.add_parser(
+        "models", help="list the models with their states and parameters",
+        description="List the model library: each model's states (name, unit) and "
+                    "parameters (name, unit, typical value, between-patient sd of log, source).")
+    models.set_defaults(handler=cmd_models)
+
+    demo = commands.add_parser(
+        "demo", help="simulate a demo cohort of the cart model and summarise it",
+        description="Sample a virtual cohort of the reference cart model (log-normal "
+                    "parameters, one 1e8-cell CAR T dose at day 0), integrate it for 365 "
+                    "days with the batched kernel and print a cohort summary. Progress "
+                    "and timing go to stderr.")
+    demo.add_argument("--patients", type=_positive_int, default=10_000, metavar="N",
+                      help="number of virtual patients (default: %(default)s)")
+    demo.add_argument("--seed", type=_seed, default=DEFAULT_SEED, metavar="S",
+                      help="random seed of the cohort (default: %(default)s)")
+    demo.add_argument("--threads", type=_positive_int, default=None, metavar="T",
+                      help="Numba threads (default: Numba's default, one per core)")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def _table(headers, rows):
+    """Left-aligned text columns."""
+    cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _variants(factory):
+    """The factory's default model, then one per boolean option switched on
+    (``predator_prey`` -> model() and model(cytokine=True))."""
+    options = [{}]
+    for name, param in inspect.signature(factory).parameters.items():
+        if isinstance(param.default, bool) and param.default is False:
+            options.append({name: True})
+    return options
+
+
+def cmd_models(args, out):
+    from kernels.models import MODELS
+
+    blocks = []
+    for key, factory in MODELS.items():
+        for options in _variants(factory):
+            model = factory(**options)
+            call = ", ".join(f"{k}={v!r}" for k, v in options.items())
+            title = f"{model.name}  [get_model({key!r}{', ' + call if call else ''})]"
+            states = _table(("state", "unit", "initial", "description"),
+                            [(s.name, s.unit, f"{s.typical_initial:g}", s.description)
+                             for s in model.states])
+            params = _table(("parameter", "unit", "typical", "sd_log", "source"),
+                            [(p.name, p.unit, f"{p.typical:g}", f"{p.sd_log:g}", p.source)
+                             for p in model.parameters])
+            blocks.append(f"{title}\n{model.description}\n\n{states}\n\n{params}")
+    print(("\n\n" + "=" * 72 + "\n\n").join(blocks), file=out)
+    return 0
+
+
+def _fmt(value):
+    return "nan" if not math.isfinite(value) else f"{value:.4g}"
+
+
+def cmd_demo(args, out):
+    import numba
+
+    from pipeline import demo
+
+    if args.threads is not None and args.threads > numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(f"--threads {args.threads}: at most {numba.config.NUMBA_NUM_THREADS} "
+                         "(NUMBA_NUM_THREADS) on this machine")
+    err = sys.stderr
+    n = args.patients
+    threads = args.threads if args.threads is not None else numba.get_num_threads()
+
+    begin = time.perf_counter()
+    problem = demo.cart_cohort(n, args.seed)
+    print(f"sampled {n} patients (seed {args.seed}) in {time.perf_counter() - begin:.2f} s",
+          file=err, flush=True)
+
+    # A one-patient solve first: it compiles the kernel (about 30 s on a cold disk
+    # cache) or loads it, so the throughput below is integration only.
+    print("preparing the kernel (compiles once, then loads from the disk cache) ...",
+          file=err, flush=True)
+    begin = time.perf_counter()
+    problem.solve(threads=1, start=0, stop=1)
+    print(f"kernel ready in {time.perf_counter() - begin:.2f} s", file=err, flush=True)
+
+    def progress(done, total, seconds):
+        print(f"integrated {done}/{total} patients, {seconds:.2f} s", file=err, flush=True)
+
+    print(f"integrating {n} patients over {demo.T_END:g} days on {threads} thread(s) ...",
+          file=err, flush=True)
+    piece = max(10_000, -(-n // 20))
+    feats, status, _, seconds = demo.run(problem, threads=threads, piece=piece, progress=progress)
+    summary = demo.summarise(problem, feats, status)
+
+    lines = [f"cartcohort demo: model cart, {demo.T_END:g} days, one dose of "
+             f"{demo.DOSE * demo.CELLS_PER_UNIT:.0e} CAR T cells at day 0, "
+             f"rtol {demo.RTOL:g}, atol {demo.ATOL:g}, seed {args.seed}",
+             "",
+             f"{'patients':<34}{summary['patients']:>12}"]
+    for name, count in summary["status"].items():
+        lines.append(f"{'status ' + name:<34}{count:>12}")
+    lines += ["", f"{'feature (ok patients)':<34}{'median':>12}{'p10':>12}{'p90':>12}"]
+    for label, (p50, p10, p90) in summary["rows"]:
+        lines.append(f"{label:<34}{_fmt(p50):>12}{_fmt(p10):>12}{_fmt(p90):>12}")
+    ok, responders = summary["ok"], summary["responders"]
+    share = f"{100.0 * responders / ok:.1f}%" if ok else "n/a"
+    lines += ["",
+              "crude response indicator (not a clinical response criterion):",
+              f"  tumour at day 28 below 1% of baseline T0: {share} ({responders}/{ok} ok patients)",
+              "",
+              f"throughput: {n / seconds:,.0f} patients/s ({seconds:.2f} s of integration, "
+              f"{threads} thread(s))"]
+    print("\n".join(lines), file=out)
+    return 0
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args, sys.stdout)
+    except (ValueError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"cartcohort {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cartcohort: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
