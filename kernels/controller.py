@@ -43,7 +43,7 @@ def step_factor_log2(log2_err, log2_err_prev, accepted):
     return z_accepted if accepted else z_rejected
 
 
-@nb.njit(**jit_options())
+@nb.njit(**jit_options(inline="always"))
 def restart_lanes(rhs, P, B, n):
     """For lanes flagged ``restart`` (a new patient or a dose just given):
     k_1 = f(t, y), a fresh initial step and a fresh controller history.

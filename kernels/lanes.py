@@ -97,7 +97,7 @@ def finish_lane(P, B, out, lane):
     write_features(P, B, lane, out.features[patient])
 
 
-@nb.njit(**jit_options())
+@nb.njit(**jit_options(inline="always"))
 def step_event(P, B, out, lane):
     """Rare work of a lane's step just tried, before it is committed:
     interpolated features and save points inside the step, doses at its end
@@ -119,7 +119,7 @@ def step_event(P, B, out, lane):
     save_point(P, B, B.y_new, out.saved, lane, t_new)
 
 
-@nb.njit(**jit_options())
+@nb.njit(**jit_options(inline="always"))
 def turnover(P, B, out, n, next_patient, end):
     """Finish done lanes and refill them from the chunk's queue; when the queue
     is empty, compact the block by moving the last active lane into the gap.

@@ -9,6 +9,7 @@ one line on stderr and exit status 2.
 import argparse
 import inspect
 import math
+import os
 import sys
 import time
 
@@ -180,6 +181,10 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("cartcohort: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`cartcohort models | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

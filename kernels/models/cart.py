@@ -55,9 +55,11 @@ def rhs(n, t, y, p, dydt):
         r, Tmax, k, Kk, Ks = p[0, l], p[1, l], p[2, l], p[3, l], p[4, l]
         a, dE, gx, m, rho = p[5, l], p[6, l], p[7, l], p[8, l], p[9, l]
         dM, dX, s, c = p[10, l], p[11, l], p[12, l], p[13, l]
-        stim = T / (Ks + T)
-        kill = k * E * T / (1.0 + T / Kk)
-        dydt[0, l] = r * T * (1.0 - T / Tmax) - kill
+        # one division for both saturations: stim = T/(Ks+T), kill = k E T Kk/(Kk+T)
+        inv = 1.0 / ((Ks + T) * (Kk + T))
+        stim = T * (Kk + T) * inv
+        kill = k * E * T * Kk * (Ks + T) * inv
+        dydt[0, l] = r * T * (Tmax - T) / Tmax - kill
         dydt[1, l] = a * stim * E - dE * E - gx * stim * E - m * E + rho * M * stim
         dydt[2, l] = m * E - dM * M - rho * M * stim
         dydt[3, l] = gx * stim * E - dX * X
