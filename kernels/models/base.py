@@ -26,10 +26,10 @@ RHS_TYPE = types.FunctionType(RHS_SIGNATURE)
 def rhs_kernel(function):
     """Compile a model's right-hand side with the signature the integrator calls.
 
-    It is cached on disk next to the model's module; Numba checks that file's
-    timestamp only, so keep a right-hand side self-contained in its module.
+    Compiled at import (a fraction of a second) rather than cached on disk:
+    Numba's cache would not notice a change to anything outside the model's file.
     """
-    return nb.njit(RHS_SIGNATURE, cache=True, **jit_options())(function)
+    return nb.njit(RHS_SIGNATURE, **jit_options())(function)
 
 
 @dataclass(frozen=True)
