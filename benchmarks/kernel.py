@@ -35,7 +35,8 @@ What is measured, and how:
   warm-up that took seconds means it recompiled, and differing hashes mean the
   kernel changed during the run (both are reported).
 * scipy: ``solve_ivp(method="RK45", dense_output=True)`` in a Python loop over the
-  first patients, single-threaded, rhs in numpy, the same tolerances and the same
+  first patients, single-threaded, after a one-patient warm-up, best of 3 passes
+  (its rate drifts by up to 1.5x between passes), rhs in numpy, the same tolerances and the same
   six features extracted from its dense output (exact quartic quadrature for the
   AUC, roots of the interpolant's slope for the extrema). Its rate includes the
   feature extraction, as the kernel's does; the integration-only rate is shown
@@ -283,7 +284,18 @@ def scipy_features(sol):
     return [peak, t_peak, auc, t_min, float(sol.sol(28.0)[0]), float(sol.y[0, -1])]
 
 
+SCIPY_REPEATS = 3
+
+
 def run_scipy(p, n):
+    """Best of SCIPY_REPEATS passes over the first n patients, after a one-patient
+    warm-up, so scipy is timed as favourably as the kernel (best of 3)."""
+    _scipy_pass(p, 1)
+    runs = [_scipy_pass(p, n) for _ in range(SCIPY_REPEATS)]
+    return max(runs, key=lambda run: run["patients_per_s"])
+
+
+def _scipy_pass(p, n):
     from scipy.integrate import solve_ivp
 
     y0 = p.y0[:n].copy()
@@ -411,7 +423,8 @@ def main(argv=None):
         sp = run_scipy(problem(n_scipy), n_scipy)
         kernel_feats = np.array(warm["features"])
         scipy_feats = np.array(sp["features"])
-        print(f"scipy solve_ivp RK45 (Python loop, {n_scipy} patients, 1 thread, numpy rhs, "
+        print(f"scipy solve_ivp RK45 (Python loop, {n_scipy} patients, best of {SCIPY_REPEATS}, "
+              f"1 thread, numpy rhs, "
               f"dense output + the same six features)")
         print(f"  {sp['patients_per_s']:.1f} patients/s with features "
               f"({sp['patients_per_s_integration_only']:.1f} integration only), "

