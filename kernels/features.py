@@ -209,7 +209,7 @@ def observe_point(P, B, Y, lane, t):
                 B.f_time[f, lane] = t
 
 
-@nb.njit(**jit_options())
+@nb.njit(**jit_options(inline="always"))
 def features_vector_pass(P, B, n):
     """Per accepted step, for all lanes at once: update running maxima, minima
     and integrals at the step's end, and flag lanes whose step holds rare work
