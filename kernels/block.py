@@ -39,7 +39,7 @@ Block = namedtuple("Block", [
     # lane bookkeeping
     "rare", "restart", "done",
     # features
-    "f_value", "f_time", "coeffs", "y_point",
+    "f_value", "f_time", "f_armed", "coeffs", "y_point",
     # flat views of the state rows for fused passes over every (state, lane)
     "y_flat", "y_new_flat", "y_stage_flat", "K_flat", "h_flat", "atol_flat", "err_flat",
     "integral_flat", "integral",
@@ -64,7 +64,8 @@ def allocate_block(n_states, n_params, n_features, atol):
         np.zeros(L), y_new.reshape((n_states, L)), y_stage.reshape((n_states, L)), np.zeros(L),
         np.zeros(L), np.zeros(L), np.zeros(L), np.zeros(L, np.bool_), np.zeros(L, np.bool_),
         np.zeros(L, np.bool_), np.zeros(L, np.bool_), np.zeros(L, np.bool_),
-        np.zeros((n_features, L)), np.zeros((n_features, L)), np.zeros(4), np.zeros(n_states),
+        np.zeros((n_features, L)), np.zeros((n_features, L)), np.zeros((n_features, L), np.bool_),
+        np.zeros(4), np.zeros(n_states),
         y, y_new, y_stage, K, np.zeros(SL), atol_flat, np.zeros(SL),
         integral, integral.reshape((n_states, L)),
     )
@@ -94,3 +95,4 @@ def move_lane(B, src, dst):
     for f in range(B.f_value.shape[0]):
         B.f_value[f, dst] = B.f_value[f, src]
         B.f_time[f, dst] = B.f_time[f, src]
+        B.f_armed[f, dst] = B.f_armed[f, src]

@@ -13,6 +13,9 @@ Each feature watches a quantity q(t) = w . y(t), a weighted sum of states, over
 ``value_at``   q(time); NaN when time lies outside [t0, t1].
 ``cross_up``   first time q(t) >= level (root of the interpolant); NaN if never.
 ``cross_down`` first time q(t) <= level; NaN if never.
+``rebound``    first time q(t) climbs back to ``fraction * q(t0)`` after having
+               fallen below it (a relapse); NaN if never. The level is
+               per patient, relative to its own post-dose q(t0).
 =============  ==============================================================
 
 At a dose time the state jumps; values at that time are taken after the dose.
@@ -33,12 +36,14 @@ from kernels.passes import combine
 from kernels.tableau import P_INTEGRAL
 
 # tracker kinds
-MAX, MIN, AUC, VALUE_AT, CROSS_UP, CROSS_DOWN = range(6)
+MAX, MIN, AUC, VALUE_AT, CROSS_UP, CROSS_DOWN, REBOUND = range(7)
 # feature kind -> (tracker kind, reports the tracker's time rather than its value)
 KINDS = {"max": (MAX, False), "argmax": (MAX, True), "min": (MIN, False), "argmin": (MIN, True),
          "auc": (AUC, False), "value_at": (VALUE_AT, False),
-         "cross_up": (CROSS_UP, True), "cross_down": (CROSS_DOWN, True)}
-_ARG_NAME = {"auc": "until", "value_at": "time", "cross_up": "level", "cross_down": "level"}
+         "cross_up": (CROSS_UP, True), "cross_down": (CROSS_DOWN, True),
+         "rebound": (REBOUND, True)}
+_ARG_NAME = {"auc": "until", "value_at": "time", "cross_up": "level", "cross_down": "level",
+             "rebound": "fraction"}
 # int_t^{t+h} y ds = h * (y + h * sum_j P_INTEGRAL_j k_j)
 _INTEGRAL_ROW = tuple(float(c) for c in P_INTEGRAL)
 
@@ -47,7 +52,7 @@ _INTEGRAL_ROW = tuple(float(c) for c in P_INTEGRAL)
 class Feature:
     """One feature: ``kind`` (see module docstring), the quantity's weights by
     state name, and the kind's argument (``until`` for auc, ``time`` for
-    value_at, ``level`` for crossings)."""
+    value_at, ``level`` for crossings, ``fraction`` for rebound)."""
 
     kind: str
     weights: tuple
@@ -99,6 +104,10 @@ def cross_down(quantity, level):
     return Feature("cross_down", _weights(quantity), float(level))
 
 
+def rebound(quantity, fraction):
+    return Feature("rebound", _weights(quantity), float(fraction))
+
+
 @dataclass(frozen=True)
 class CompiledFeatures:
     """Arrays the kernel reads: per tracker its kind, weights[T, S], argument and
@@ -126,7 +135,7 @@ def compile_features(features, state_names):
                                  f"states are {list(state_names)}")
             weights[index[name]] += w
         kind, reports_time = KINDS[feature.kind]
-        arg = feature.arg if kind in (AUC, VALUE_AT, CROSS_UP, CROSS_DOWN) else math.nan
+        arg = feature.arg if kind in (AUC, VALUE_AT, CROSS_UP, CROSS_DOWN, REBOUND) else math.nan
         key = (kind, tuple(weights), arg)
         trackers.setdefault(key, len(trackers))
         outputs.append((trackers[key], reports_time))
@@ -178,6 +187,9 @@ def start_features(P, B, lane):
         B.f_value[f, lane] = -np.inf if kind == MAX else (
             np.inf if kind == MIN else (0.0 if kind == AUC else np.nan))
         B.f_time[f, lane] = np.nan
+        if kind == REBOUND:
+            B.f_value[f, lane] = P.tracker_args[f] * _dot(P.tracker_weights[f], B.y, lane)
+            B.f_armed[f, lane] = False
     observe_point(P, B, B.y, lane, B.t[lane])
 
 
@@ -207,6 +219,11 @@ def observe_point(P, B, Y, lane, t):
         elif kind == CROSS_DOWN:
             if np.isnan(B.f_time[f, lane]) and q <= arg:
                 B.f_time[f, lane] = t
+        elif kind == REBOUND:
+            level = B.f_value[f, lane]
+            if np.isnan(B.f_time[f, lane]) and B.f_armed[f, lane] and q >= level:
+                B.f_time[f, lane] = t
+            B.f_armed[f, lane] = B.f_armed[f, lane] or q < level
 
 
 @nb.njit(**jit_options(inline="always"))
@@ -247,6 +264,15 @@ def features_vector_pass(P, B, n):
             for l in range(n):
                 inside = B.accepted[l] & (B.t[l] < arg) & (arg <= B.t_new[l])
                 B.rare[l] = B.rare[l] | inside
+        elif kind == REBOUND:
+            armed = B.f_armed[f]
+            q0 = _quantity_row(P, f, B.y, n, B.row)
+            q1 = _quantity_row(P, f, B.y_new, n, B.row2)
+            for l in range(n):
+                crosses = armed[l] & (q0[l] < value[l]) & (q1[l] >= value[l])
+                pending = time[l] != time[l]
+                B.rare[l] = B.rare[l] | (B.accepted[l] & pending & crosses)
+                armed[l] = armed[l] | (B.accepted[l] & (q1[l] < value[l]))
         else:  # CROSS_UP, CROSS_DOWN
             sign = 1.0 if kind == CROSS_UP else -1.0
             q0 = _quantity_row(P, f, B.y, n, B.row)
@@ -284,6 +310,14 @@ def features_inside_step(P, B, lane):
             if t < arg and arg < B.t_new[lane]:
                 dense.quantity_coefficients(w, B.K, lane, c)
                 B.f_value[f, lane] = dense.quantity_at(q0, h, c, (arg - t) / h)
+        elif kind == REBOUND:
+            # the vector pass armed the lane only if this step ended below the
+            # level, so here armed still tells whether it was below before the step
+            level = B.f_value[f, lane]
+            q1 = _dot(w, B.y_new, lane)
+            if np.isnan(B.f_time[f, lane]) and B.f_armed[f, lane] and q0 < level <= q1:
+                dense.quantity_coefficients(w, B.K, lane, c)
+                B.f_time[f, lane] = t + dense.level_root(q0, h, c, level) * h
         else:
             sign = 1.0 if kind == CROSS_UP else -1.0
             q1 = _dot(w, B.y_new, lane)
