@@ -55,11 +55,26 @@ class Parameter:
 
 @dataclass(frozen=True)
 class Model:
+    """A model: states, parameters, the compiled right-hand side, and the roles
+    its states play (``roles["tumour"]``, ``roles["car_t"]``, ``roles["il6"]``:
+    tuples of state names whose sum is that quantity), which outcome code reads
+    instead of hard-coding state names. Cell counts are in units of
+    ``cells_per_unit`` cells."""
+
     name: str
     description: str
     states: tuple
     parameters: tuple
     rhs: object = field(repr=False, compare=False)
+    roles: dict = field(default_factory=dict, compare=False)
+    cells_per_unit: float = 1e9
+
+    def role(self, name):
+        """The weights {state: 1.0} of a role's quantity; KeyError if the model lacks it."""
+        if name not in self.roles:
+            raise KeyError(f"model {self.name!r} has no {name!r} quantity; it has "
+                           f"{sorted(self.roles)}")
+        return {state: 1.0 for state in self.roles[name]}
 
     @property
     def state_names(self):

@@ -68,4 +68,5 @@ def rhs(n, t, y, p, dydt):
 
 def model():
     return Model("cart", "reference CAR T model: tumour, effector/memory/exhausted CAR T, IL-6",
-                 STATES, PARAMETERS, rhs)
+                 STATES, PARAMETERS, rhs,
+                 roles={"tumour": ("T",), "car_t": ("E", "M", "X"), "il6": ("I",)})

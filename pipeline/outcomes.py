@@ -1,0 +1,79 @@
+"""Clinical outcomes of a virtual patient, from features computed in the kernel.
+
+The kernel computes, inside its step loop, the features :func:`kernel_features`
+lists (peak IL-6 and its day, CAR T peak and AUC, tumour minimum and its day,
+tumour at the response landmark and at the horizon, the day the tumour climbs
+back after a response). :func:`outcome_columns` turns them into the dataset's
+columns with these rules (thresholds from the scenario's ``[outcomes]`` table,
+defaults in :mod:`pipeline.config`):
+
+* ``responded``: tumour at ``response_day`` <= ``response_fraction`` x T0 (a
+  landmark response; T0 is the tumour at infusion, after any debulking);
+* ``best_response_log10``: log10(tumour minimum / T0), the depth of response;
+* ``relapsed``: the tumour fell to <= ``response_fraction`` x T0 at some time
+  and later climbed back above ``relapse_fraction`` x T0 (a rebound, found on
+  the integrator's interpolant); ``t_relapse_d`` its day, NaN otherwise;
+* ``crs_grade``: the number of thresholds in ``crs_il6_thresholds_pg_ml``
+  that peak IL-6 reaches (0..4). A stated proxy rule on peak IL-6 (Teachey et
+  al. 2016 found peak IL-6 among the strongest correlates of severe CRS), not
+  the Lee 2014, ASTCT 2019 or Penn clinical grading, which need symptoms;
+* ``severe_crs``: ``crs_grade`` >= ``severe_crs_grade``.
+
+Patients whose integration failed (status != 0) have NaN features; their
+booleans are False and must be excluded from rates (``pipeline.aggregate`` does).
+"""
+import numpy as np
+
+from kernels import features as kf
+
+# column, how to compute it from the model's roles, whether it counts cells
+_FEATURES = (
+    ("il6_peak_pg_ml", lambda m, o, t1: kf.maximum(m.role("il6")), False),
+    ("t_il6_peak_d", lambda m, o, t1: kf.argmax(m.role("il6")), False),
+    ("cart_peak_cells", lambda m, o, t1: kf.maximum(m.role("car_t")), True),
+    ("t_cart_peak_d", lambda m, o, t1: kf.argmax(m.role("car_t")), False),
+    ("cart_auc_cells_d", lambda m, o, t1: kf.auc(m.role("car_t")), True),
+    ("tumor_min_cells", lambda m, o, t1: kf.minimum(m.role("tumour")), True),
+    ("t_tumor_min_d", lambda m, o, t1: kf.argmin(m.role("tumour")), False),
+    ("tumor_response_day_cells", lambda m, o, t1: kf.value_at(m.role("tumour"), o.response_day), True),
+    ("tumor_end_cells", lambda m, o, t1: kf.value_at(m.role("tumour"), t1), True),
+    ("t_rebound_d", lambda m, o, t1: kf.rebound(m.role("tumour"), o.relapse_fraction), False),
+)
+FEATURE_COLUMNS = tuple(name for name, _, _ in _FEATURES)
+
+
+def kernel_features(model, outcomes, horizon_days):
+    """The kernel features, in :data:`FEATURE_COLUMNS` order, for a model's roles."""
+    return [make(model, outcomes, horizon_days) for _, make, _ in _FEATURES]
+
+
+def feature_columns(model, features):
+    """Kernel feature array [N, F] -> {column: values}, cell counts in cells."""
+    return {name: features[:, j] * (model.cells_per_unit if cells else 1.0)
+            for j, (name, _, cells) in enumerate(_FEATURES)}
+
+
+def crs_grade(il6_peak_pg_ml, thresholds_pg_ml):
+    """Number of (increasing) thresholds reached by peak IL-6; 0 for NaN."""
+    peak = np.asarray(il6_peak_pg_ml, dtype=float)
+    grade = np.searchsorted(np.asarray(thresholds_pg_ml, dtype=float), peak, side="right")
+    return np.where(np.isnan(peak), 0, grade).astype(np.int8)
+
+
+def outcome_columns(columns, tumor0_cells, outcomes):
+    """Outcome columns from :func:`feature_columns` output and T0 (cells)."""
+    tumor0 = np.asarray(tumor0_cells, dtype=float)
+    response_level = outcomes.response_fraction * tumor0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        best_log10 = np.log10(columns["tumor_min_cells"] / tumor0)
+    deep_response = columns["tumor_min_cells"] <= response_level
+    relapsed = deep_response & np.isfinite(columns["t_rebound_d"])
+    grade = crs_grade(columns["il6_peak_pg_ml"], outcomes.crs_il6_thresholds_pg_ml)
+    return {
+        "responded": columns["tumor_response_day_cells"] <= response_level,
+        "best_response_log10": best_log10,
+        "relapsed": relapsed,
+        "t_relapse_d": np.where(relapsed, columns["t_rebound_d"], np.nan),
+        "crs_grade": grade,
+        "severe_crs": grade >= outcomes.severe_crs_grade,
+    }
