@@ -2,6 +2,7 @@
 
     cartcohort models                 the model library: states and parameters
     cartcohort demo [--patients N]    simulate a demo cohort of the cart model
+    cartcohort validate CONFIG        check a scenario file and summarise it
 
 Results go to stdout, progress and timing to stderr. A usage or input error is
 one line on stderr and exit status 2.
@@ -64,6 +65,15 @@ def build_parser():
     demo.add_argument("--threads", type=_positive_int, default=None, metavar="T",
                       help="Numba threads (default: Numba's default, one per core)")
     demo.set_defaults(handler=cmd_demo)
+
+    validate = commands.add_parser(
+        "validate", help="check a scenario file and summarise it",
+        description="Read a scenario TOML file and validate every key (see "
+                    "pipeline/config.py) without computing or writing anything; print a "
+                    "summary and the scenario's sha256. An error is one line naming the "
+                    "file and the key, exit status 2.")
+    validate.add_argument("config", metavar="CONFIG", help="scenario file (TOML)")
+    validate.set_defaults(handler=cmd_validate)
     return parser
 
 
@@ -163,6 +173,34 @@ def cmd_demo(args, out):
               f"throughput: {n / seconds:,.0f} patients/s ({seconds:.2f} s of integration, "
               f"{threads} thread(s))"]
     print("\n".join(lines), file=out)
+    return 0
+
+
+def _dose(arm):
+    if arm.policy == "fixed":
+        dose = (f"{arm.dose_cells:.3g} cells" if arm.dose_cells is not None
+                else f"{arm.dose_cells_per_kg:.3g} cells/kg")
+    else:
+        dose = (f"peak IL-6 target {arm.target_il6_pg_ml:g} pg/mL, "
+                f"{arm.min_dose_cells:.3g}-{arm.max_dose_cells:.3g} cells")
+    if arm.debulking_factor != 1.0:
+        dose += f", debulking x{arm.debulking_factor:g}"
+    return dose
+
+
+def cmd_validate(args, out):
+    from pipeline.config import load_scenario
+
+    s = load_scenario(args.config)
+    rows = [("scenario", f"{s.name} ({s.source_path})"),
+            ("model", s.model),
+            ("patients", f"{s.patients} in {s.n_shards} shard(s) of up to {s.shard_size}"),
+            ("seed", s.seed),
+            ("horizon", f"{s.horizon_days:g} days, rtol {s.rtol:g}, atol {s.atol:g}")]
+    rows += [(f"arm {arm.name}", f"{arm.policy}: {_dose(arm)}") for arm in s.arms]
+    rows += [("output", s.run_dir), ("sha256", s.sha256)]
+    width = max(len(label) for label, _ in rows) + 2
+    print("\n".join(f"{label:<{width}}{value}" for label, value in rows), file=out)
     return 0
 
 

@@ -1,0 +1,499 @@
+"""Scenario configuration: a TOML file, validated in full before any compute.
+
+``load_scenario(path)`` reads a scenario file and returns a frozen
+:class:`Scenario`; ``scenario_from_text(text)`` does the same for a string and
+``with_overrides(scenario, patients=, shard_size=, seed=)`` returns a validated
+copy with command-line overrides. Any problem raises :class:`ConfigError`, whose
+message is one line naming the file and the key path::
+
+    configs/bad.toml: arms[1].dose_cells: must be > 0, got -5.0
+    configs/bad.toml: scenario.nmae: unknown key; allowed keys: name, description, ...
+    configs/bad.toml: line 7: Invalid value (column 12)
+    configs/missing.toml: cannot read: No such file or directory
+
+Unknown keys are errors at every level. Integers are accepted where a number is
+expected; booleans are never numbers and a float is never accepted as an
+integer; numbers must be finite. Array indices in key paths count from 0
+(``arms[0]`` is the first ``[[arms]]`` table).
+
+Keys (``required`` or the default; units are in the key names)
+---------------------------------------------------------------
+
+[scenario]
+    name             str, required; letters, digits, ``_`` and ``-``
+    description      str, default ""
+    model            str, required; a model of ``kernels.models.MODELS``
+    seed             int >= 0, required; the cohort's root seed
+    patients         int >= 1, required
+    shard_size       int >= 1, default 10000; patients per shard (the unit of work)
+    horizon_days     number > 0, required; days simulated after the infusion at day 0
+    rtol             number in (0, 1), default 1e-6; integrator relative tolerance
+    atol             number >= 0, default 1e-9; absolute tolerance, in model units
+    max_steps        int >= 1, default 100000; accepted steps per patient
+
+[cohort.parameters.<parameter>]   one optional table per model parameter
+    typical          number > 0, default the model's typical value, model units
+    sd_log           number >= 0, default the model's sd of log (between-patient spread)
+
+[cohort.correlation]              optional; correlation of the parameters' log-normal draws
+    parameters       array of >= 2 distinct model parameter names, required
+    matrix           array of arrays of numbers, required: square (one row per name),
+                     symmetric, unit diagonal, positive definite
+
+[cohort.covariates.tumour_burden_cells]   baseline tumour burden, log-normal
+    median           number > 0, default 1e10 cells
+    sd_log           number >= 0, default 1.0
+[cohort.covariates.weight_kg]             body weight, log-normal
+    median           number > 0, default 75 kg
+    sd_log           number >= 0, default 0.2
+
+[[cohort.effects]]                optional; parameter *= (covariate / reference) ** exponent
+    parameter        str, required; a model parameter
+    covariate        str, required; tumour_burden_cells or weight_kg
+    exponent         number, required
+    reference        number > 0, required; in the covariate's unit
+    (at most one effect per parameter and covariate)
+
+[[arms]]                          at least one; every arm treats the same virtual patients
+    name             str, required, unique; letters, digits, ``_`` and ``-``
+    policy           str, required: fixed, adaptive or oracle
+    debulking_factor number in (0, 1], default 1.0 (none); baseline tumour is multiplied by it
+  policy "fixed", exactly one of:
+    dose_cells       number > 0; CAR T cells infused
+    dose_cells_per_kg number > 0; CAR T cells per kg of body weight
+  policies "adaptive" and "oracle", all required:
+    target_il6_pg_ml number > 0; peak IL-6 safety target, pg/mL
+    min_dose_cells   number > 0; smallest dose, cells
+    max_dose_cells   number >= min_dose_cells; largest dose, cells
+
+[outcomes]
+    response_day     number in (0, scenario.horizon_days], default 28.0 days
+    response_fraction number in (0, 1), default 0.01; responder if the tumour at
+                     response_day is <= response_fraction * baseline
+    relapse_fraction number in (0, 1], default 0.1; relapse if, after its minimum,
+                     the tumour climbs back above relapse_fraction * baseline
+    crs_il6_thresholds_pg_ml  4 strictly increasing numbers > 0, pg/mL, default
+                     [100.0, 500.0, 2000.0, 5000.0]; CRS grade = how many of them
+                     peak IL-6 reaches (0..4)
+    severe_crs_grade int in 1..4, default 3; severe CRS is grade >= this
+
+[output]
+    dir              non-empty str, default "out"; the run goes to <dir>/<scenario.name>,
+                     relative to the working directory
+"""
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import tomllib
+except ModuleNotFoundError:           # Python 3.10
+    import tomli as tomllib
+
+from kernels.models import MODELS, get_model
+from pipeline.cohort import CohortSpec, Covariate, CovariateEffect, ParameterDistribution
+
+POLICIES = ("fixed", "adaptive", "oracle")
+COVARIATES = {"tumour_burden_cells": (1e10, 1.0),   # (median, sd_log) defaults
+              "weight_kg": (75.0, 0.2)}
+
+
+class ConfigError(ValueError):
+    """A scenario problem: ``<file>: <key path>: <message>``, one line."""
+
+    def __init__(self, source, key, message):
+        super().__init__(f"{source}: {key}: {message}")
+        self.source, self.key, self.message = source, key, message
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    policy: str
+    debulking_factor: float = 1.0
+    dose_cells: float = None
+    dose_cells_per_kg: float = None
+    target_il6_pg_ml: float = None
+    min_dose_cells: float = None
+    max_dose_cells: float = None
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    response_day: float
+    response_fraction: float
+    relapse_fraction: float
+    crs_il6_thresholds_pg_ml: tuple
+    severe_crs_grade: int
+
+
+@dataclass(frozen=True)
+class Output:
+    dir: str
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated scenario. ``text`` is the file's exact text; ``sha256`` hashes
+    it, together with ``overrides`` (sorted (key, value) pairs) when there are any."""
+
+    name: str
+    description: str
+    model: str
+    seed: int
+    patients: int
+    shard_size: int
+    horizon_days: float
+    rtol: float
+    atol: float
+    max_steps: int
+    cohort: CohortSpec
+    arms: tuple
+    outcomes: Outcomes
+    output: Output
+    source_path: str
+    text: str
+    sha256: str
+    overrides: tuple = ()
+
+    @property
+    def n_shards(self):
+        return -(-self.patients // self.shard_size)
+
+    @property
+    def run_dir(self):
+        return Path(self.output.dir) / self.name
+
+
+# -- the schema ---------------------------------------------------------------
+
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class _Key:
+    """One key of a table: its type (``str``, ``int``, ``float``, ``dict`` for a
+    table, ``[t]`` for an array of t), default and a check (value -> message or None)."""
+
+    kind: object
+    default: object = _REQUIRED
+    check: object = None
+
+
+def _gt(bound):
+    return lambda v: None if v > bound else f"must be > {bound}, got {v!r}"
+
+
+def _ge(bound):
+    return lambda v: None if v >= bound else f"must be >= {bound}, got {v!r}"
+
+
+def _within(low, high, closed_high):
+    def check(v):
+        if low < v < high or (closed_high and v == high):
+            return None
+        return f"must be in ({low}, {high}{']' if closed_high else ')'}, got {v!r}"
+    return check
+
+
+def _one_of(choices):
+    listed = ", ".join(map(str, choices))
+    return lambda v: None if v in choices else f"expected one of {listed}, got {v!r}"
+
+
+def _identifier(v):
+    return None if re.fullmatch(r"[A-Za-z0-9_-]+", v) else (
+        f"must be letters, digits, '_' or '-', got {v!r}")
+
+
+def _grades(v):
+    if len(v) == 4 and v[0] > 0 and all(a < b for a, b in zip(v, v[1:])):
+        return None
+    return f"must be 4 strictly increasing numbers > 0, got {list(v)}"
+
+
+_TOP = {"scenario": _Key(dict), "cohort": _Key(dict, {}), "arms": _Key([dict], ()),
+        "outcomes": _Key(dict, {}), "output": _Key(dict, {})}
+_SCENARIO = {
+    "name": _Key(str, check=_identifier),
+    "description": _Key(str, ""),
+    "model": _Key(str, check=_one_of(tuple(MODELS))),
+    "seed": _Key(int, check=_ge(0)),
+    "patients": _Key(int, check=_ge(1)),
+    "shard_size": _Key(int, 10_000, _ge(1)),
+    "horizon_days": _Key(float, check=_gt(0)),
+    "rtol": _Key(float, 1e-6, _within(0, 1, False)),
+    "atol": _Key(float, 1e-9, _ge(0)),
+    "max_steps": _Key(int, 100_000, _ge(1)),
+}
+_COHORT = {"parameters": _Key(dict, {}), "correlation": _Key(dict, None),
+           "covariates": _Key(dict, {}), "effects": _Key([dict], ())}
+_PARAMETER = {"typical": _Key(float, None, _gt(0)), "sd_log": _Key(float, None, _ge(0))}
+_CORRELATION = {"parameters": _Key([str]), "matrix": _Key([[float]])}
+_ARM = {"name": _Key(str, check=_identifier),
+        "policy": _Key(str, check=_one_of(POLICIES)),
+        "debulking_factor": _Key(float, 1.0, _within(0, 1, True))}
+_TARGETED = {"target_il6_pg_ml": _Key(float, check=_gt(0)),
+             "min_dose_cells": _Key(float, check=_gt(0)),
+             "max_dose_cells": _Key(float, check=_gt(0))}
+_POLICY_KEYS = {"fixed": {"dose_cells": _Key(float, None, _gt(0)),
+                          "dose_cells_per_kg": _Key(float, None, _gt(0))},
+                "adaptive": _TARGETED,
+                "oracle": _TARGETED}
+_OUTCOMES = {
+    "response_day": _Key(float, 28.0, _gt(0)),
+    "response_fraction": _Key(float, 0.01, _within(0, 1, False)),
+    "relapse_fraction": _Key(float, 0.1, _within(0, 1, True)),
+    "crs_il6_thresholds_pg_ml": _Key([float], (100.0, 500.0, 2000.0, 5000.0), _grades),
+    "severe_crs_grade": _Key(int, 3, _one_of(range(1, 5))),
+}
+_OUTPUT = {"dir": _Key(str, "out", lambda v: None if v else "must not be empty")}
+
+
+# -- reading tables -----------------------------------------------------------
+
+_EXPECTED = {str: "a string", int: "an integer", float: "a number", dict: "a table"}
+_TOML_TYPE = {bool: "boolean", int: "integer", float: "float", str: "string"}
+
+
+def _describe(value):
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if type(value) in _TOML_TYPE:
+        return f"{_TOML_TYPE[type(value)]} {value!r}"
+    return f"{type(value).__name__} {value}"          # a TOML date or time
+
+
+def _typed(src, path, value, kind):
+    """``value`` as ``kind`` (arrays become tuples, numbers floats), else ConfigError."""
+    if isinstance(kind, list):
+        if not isinstance(value, list):
+            raise ConfigError(src, path, f"expected an array, got {_describe(value)}")
+        return tuple(_typed(src, f"{path}[{i}]", v, kind[0]) for i, v in enumerate(value))
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {str: isinstance(value, str), dict: isinstance(value, dict),
+          int: number and isinstance(value, int), float: number}[kind]
+    if not ok:
+        raise ConfigError(src, path, f"expected {_EXPECTED[kind]}, got {_describe(value)}")
+    if kind is float:
+        try:
+            value = float(value)
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
+            raise ConfigError(src, path, f"must be finite, got {value!r}")
+    return value
+
+
+def _read(src, path, table, keys, unknown="unknown key"):
+    """Validate one table against ``keys``: a dict of its values with defaults filled in."""
+    prefix = f"{path}." if path else ""
+    for key in table:
+        if key not in keys:
+            bare = re.fullmatch(r"[A-Za-z0-9_-]+", key)
+            raise ConfigError(src, prefix + (key if bare else json.dumps(key)),
+                              f"{unknown}; allowed keys: {', '.join(keys)}")
+    values = {}
+    for key, spec in keys.items():
+        if key not in table:
+            if spec.default is _REQUIRED:
+                what = "table" if spec.kind is dict else "key"
+                raise ConfigError(src, prefix + key, f"required {what} missing")
+            values[key] = spec.default
+            continue
+        value = _typed(src, prefix + key, table[key], spec.kind)
+        message = spec.check(value) if spec.check else None
+        if message:
+            raise ConfigError(src, prefix + key, message)
+        values[key] = value
+    return values
+
+
+def _cohort(src, table, model):
+    names = model.parameter_names
+    cohort = _read(src, "cohort", table, _COHORT)
+    overrides = _read(src, "cohort.parameters", cohort["parameters"],
+                      {name: _Key(dict, {}) for name in names},
+                      unknown=f"not a parameter of model {model.name!r}")
+    parameters = []
+    for p in model.parameters:
+        given = _read(src, f"cohort.parameters.{p.name}", overrides[p.name], _PARAMETER)
+        parameters.append(ParameterDistribution(
+            p.name,
+            p.typical if given["typical"] is None else given["typical"],
+            p.sd_log if given["sd_log"] is None else given["sd_log"]))
+
+    tables = _read(src, "cohort.covariates", cohort["covariates"],
+                   {name: _Key(dict, {}) for name in COVARIATES})
+    covariates = []
+    for name, (median, sd_log) in COVARIATES.items():
+        given = _read(src, f"cohort.covariates.{name}", tables[name],
+                      {"median": _Key(float, median, _gt(0)),
+                       "sd_log": _Key(float, sd_log, _ge(0))})
+        covariates.append(Covariate(name, given["median"], given["sd_log"]))
+
+    effect_keys = {"parameter": _Key(str, check=_one_of(names)),
+                   "covariate": _Key(str, check=_one_of(tuple(COVARIATES))),
+                   "exponent": _Key(float),
+                   "reference": _Key(float, check=_gt(0))}
+    effects, seen = [], {}
+    for i, raw in enumerate(cohort["effects"]):
+        path = f"cohort.effects[{i}]"
+        effect = CovariateEffect(**_read(src, path, raw, effect_keys))
+        pair = (effect.parameter, effect.covariate)
+        if pair in seen:
+            raise ConfigError(src, path, f"a second effect of {effect.covariate!r} on "
+                                         f"{effect.parameter!r} (first: {seen[pair]})")
+        seen[pair] = path
+        effects.append(effect)
+
+    correlation = cohort["correlation"]
+    if correlation is not None:
+        correlation = _correlation(src, correlation, model)
+    return CohortSpec(tuple(parameters), tuple(covariates), tuple(effects), correlation)
+
+
+def _correlation(src, table, model):
+    path = "cohort.correlation"
+    given = _read(src, path, table, _CORRELATION)
+    names, matrix = given["parameters"], given["matrix"]
+    if len(names) < 2:
+        raise ConfigError(src, f"{path}.parameters", f"needs >= 2 names, got {len(names)}")
+    for i, name in enumerate(names):
+        if name not in model.parameter_names:
+            raise ConfigError(src, f"{path}.parameters[{i}]",
+                              f"{name!r} is not a parameter of model {model.name!r}; "
+                              f"parameters are {', '.join(model.parameter_names)}")
+        if name in names[:i]:
+            raise ConfigError(src, f"{path}.parameters[{i}]", f"{name!r} is listed twice")
+    n = len(names)
+    if len(matrix) != n:
+        raise ConfigError(src, f"{path}.matrix", f"needs {n} rows (one per parameter), "
+                                                 f"got {len(matrix)}")
+    for i, row in enumerate(matrix):
+        if len(row) != n:
+            raise ConfigError(src, f"{path}.matrix[{i}]", f"needs {n} entries, got {len(row)}")
+        if row[i] != 1.0:
+            raise ConfigError(src, f"{path}.matrix[{i}][{i}]",
+                              f"a correlation matrix has 1 on its diagonal, got {row[i]!r}")
+        for j in range(i):
+            if row[j] != matrix[j][i]:
+                raise ConfigError(src, f"{path}.matrix[{i}][{j}]",
+                                  f"not symmetric: {row[j]!r} but matrix[{j}][{i}] "
+                                  f"is {matrix[j][i]!r}")
+    try:
+        np.linalg.cholesky(np.array(matrix))
+    except np.linalg.LinAlgError:
+        raise ConfigError(src, f"{path}.matrix", "not positive definite") from None
+    return names, matrix
+
+
+def _arms(src, raws):
+    if not raws:
+        raise ConfigError(src, "arms", "at least one [[arms]] table is required")
+    arms, seen = [], {}
+    for i, raw in enumerate(raws):
+        path = f"arms[{i}]"
+        policy = _read(src, path, {k: v for k, v in raw.items() if k == "policy"},
+                       {"policy": _ARM["policy"]})["policy"]
+        arm = Arm(**_read(src, path, raw, {**_ARM, **_POLICY_KEYS[policy]},
+                          unknown=f"unknown key for policy {policy!r}"))
+        if policy == "fixed" and (arm.dose_cells is None) == (arm.dose_cells_per_kg is None):
+            raise ConfigError(src, f"{path}.dose_cells",
+                              "a fixed arm needs exactly one of dose_cells and "
+                              "dose_cells_per_kg" + ("" if arm.dose_cells is None
+                                                     else ", not both"))
+        if policy != "fixed" and arm.max_dose_cells < arm.min_dose_cells:
+            raise ConfigError(src, f"{path}.max_dose_cells",
+                              f"must be >= min_dose_cells ({arm.min_dose_cells!r}), "
+                              f"got {arm.max_dose_cells!r}")
+        if arm.name in seen:
+            raise ConfigError(src, f"{path}.name",
+                              f"duplicate arm name {arm.name!r} (also {seen[arm.name]})")
+        seen[arm.name] = f"{path}.name"
+        arms.append(arm)
+    return tuple(arms)
+
+
+def _scenario(src, data, text, overrides):
+    top = _read(src, "", data, _TOP)
+    scenario = _read(src, "scenario", {**top["scenario"], **overrides}, _SCENARIO)
+    model = get_model(scenario["model"])
+    cohort = _cohort(src, top["cohort"], model)
+    arms = _arms(src, top["arms"])
+    outcomes = _read(src, "outcomes", top["outcomes"], _OUTCOMES)
+    if outcomes["response_day"] > scenario["horizon_days"]:
+        raise ConfigError(src, "outcomes.response_day",
+                          f"must be <= scenario.horizon_days ({scenario['horizon_days']!r}), "
+                          f"got {outcomes['response_day']!r}")
+    output = _read(src, "output", top["output"], _OUTPUT)
+    pairs = tuple(sorted(overrides.items()))
+    return Scenario(**scenario, cohort=cohort, arms=arms, outcomes=Outcomes(**outcomes),
+                    output=Output(**output), source_path=src, text=text,
+                    sha256=_digest(text, pairs), overrides=pairs)
+
+
+def _digest(text, overrides):
+    """sha256 of the text, followed by the overrides as canonical JSON if any."""
+    data = text.encode("utf-8")
+    if overrides:
+        data += b"\n" + json.dumps(dict(overrides), sort_keys=True,
+                                   separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- the API ------------------------------------------------------------------
+
+def _parse(text, source):
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        at = re.fullmatch(r"(.*) \(at line (\d+), column (\d+)\)", message, re.S)
+        if at:
+            raise ConfigError(source, f"line {at[2]}", f"{at[1]} (column {at[3]})") from None
+        line = max(1, len(text.splitlines()))
+        raise ConfigError(source, f"line {line}", message) from None
+
+
+def scenario_from_text(text, source="<string>"):
+    """Validate a scenario given as TOML text; ``source`` names it in errors."""
+    return _scenario(source, _parse(text, source), text, {})
+
+
+def load_scenario(path):
+    """Read and validate a scenario file."""
+    source = str(path)
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(source, "cannot read", exc.strerror or str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, "cannot read", f"not UTF-8 text ({exc.reason} at byte "
+                                                 f"{exc.start})") from None
+    return scenario_from_text(text, source)
+
+
+def with_overrides(scenario, patients=None, shard_size=None, seed=None):
+    """A validated copy of ``scenario`` with new values for the keys given.
+
+    Overrides accumulate over calls and are hashed with the text; one equal to
+    the file's value (or its default) is dropped, so the hash changes exactly
+    when the scenario does."""
+    given = {"patients": patients, "shard_size": shard_size, "seed": seed}
+    merged = {**dict(scenario.overrides), **{k: v for k, v in given.items() if v is not None}}
+    data = _parse(scenario.text, scenario.source_path)
+    changed = _scenario(scenario.source_path, data, scenario.text, merged)
+    in_file = data["scenario"]
+    kept = {k: v for k, v in merged.items() if v != in_file.get(k, _SCENARIO[k].default)}
+    return changed if kept == merged else _scenario(scenario.source_path, data,
+                                                    scenario.text, kept)

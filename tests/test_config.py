@@ -1,0 +1,396 @@
+"""Scenario configuration: the shipped configs, overrides and malformed files.
+
+A malformed scenario fails before any compute with one line naming the file and
+the key path (``pipeline/config.py``); ``cartcohort validate`` turns that into
+exit status 2 with nothing written.
+"""
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kernels.models import get_model
+from pipeline.cohort import CohortSpec
+from pipeline.config import (ConfigError, load_scenario, scenario_from_text,
+                             with_overrides)
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+SOURCE = "bad.toml"
+
+BASE = """\
+[scenario]
+name = "t"
+model = "cart"
+seed = 1
+patients = 100
+horizon_days = 365.0
+
+[[arms]]
+name = "fixed"
+policy = "fixed"
+dose_cells = 1e8
+
+[[arms]]
+name = "adaptive"
+policy = "adaptive"
+target_il6_pg_ml = 1000.0
+min_dose_cells = 1e7
+max_dose_cells = 1e9
+"""
+
+
+def rep(old, new):
+    """A mutation: replace the one occurrence of ``old`` in the text."""
+    def mutate(text):
+        assert text.count(old) == 1, old
+        return text.replace(old, new)
+    return mutate
+
+
+def add(extra):
+    """A mutation: append TOML tables."""
+    return lambda text: text + "\n" + extra
+
+
+def only_scenario(text):
+    return text.split("[[arms]]")[0]
+
+
+SEED_LINE = BASE.splitlines().index("seed = 1") + 1
+CORRELATION = "[cohort.correlation]\nparameters = {names}\nmatrix = {matrix}\n"
+
+MALFORMED = [
+    # (description, mutation of BASE, key path the one-line error must name)
+    ("unknown top-level table", add("[bogus]\nx = 1\n"), "bogus"),
+    ("unknown key in scenario", rep("seed = 1", "seed = 1\nsede = 2"), "scenario.sede"),
+    ("unknown key in an arm", rep("dose_cells = 1e8", "dose_cells = 1e8\ndose = 1"),
+     "arms[0].dose"),
+    ("adaptive key in a fixed arm", rep("dose_cells = 1e8", "dose_cells = 1e8\n"
+                                        "target_il6_pg_ml = 5.0"), "arms[0].target_il6_pg_ml"),
+    ("scenario.name missing", rep('name = "t"\n', ""), "scenario.name"),
+    ("scenario.seed missing", rep("seed = 1\n", ""), "scenario.seed"),
+    ("[scenario] missing", lambda t: t[t.index("[[arms]]"):],
+     "scenario"),
+    ("name with a space", rep('name = "t"', 'name = "a b"'), "scenario.name"),
+    ("string for patients", rep("patients = 100", 'patients = "100"'), "scenario.patients"),
+    ("bool for a float", rep("horizon_days = 365.0", "horizon_days = true"),
+     "scenario.horizon_days"),
+    ("float for an int", rep("patients = 100", "patients = 100.0"), "scenario.patients"),
+    ("date for an int", rep("seed = 1", "seed = 1979-05-27"), "scenario.seed"),
+    ("patients 0", rep("patients = 100", "patients = 0"), "scenario.patients"),
+    ("shard_size negative", rep("patients = 100", "patients = 100\nshard_size = -5"),
+     "scenario.shard_size"),
+    ("seed negative", rep("seed = 1", "seed = -1"), "scenario.seed"),
+    ("rtol 0", rep("seed = 1", "seed = 1\nrtol = 0.0"), "scenario.rtol"),
+    ("rtol 1", rep("seed = 1", "seed = 1\nrtol = 1"), "scenario.rtol"),
+    ("atol negative", rep("seed = 1", "seed = 1\natol = -1e-9"), "scenario.atol"),
+    ("max_steps 0", rep("seed = 1", "seed = 1\nmax_steps = 0"), "scenario.max_steps"),
+    ("horizon 0", rep("horizon_days = 365.0", "horizon_days = 0.0"), "scenario.horizon_days"),
+    ("horizon infinite", rep("horizon_days = 365.0", "horizon_days = inf"),
+     "scenario.horizon_days"),
+    ("unknown model", rep('model = "cart"', 'model = "carts"'), "scenario.model"),
+    ("unknown policy", rep('policy = "adaptive"', 'policy = "smart"'), "arms[1].policy"),
+    ("no arms", only_scenario, "arms"),
+    ("empty arms list", lambda t: "arms = []\n" + only_scenario(t), "arms"),
+    ("arms not tables", lambda t: "arms = [1]\n" + only_scenario(t), "arms[0]"),
+    ("arm name missing", rep('name = "adaptive"\n', ""), "arms[1].name"),
+    ("duplicate arm names", rep('name = "adaptive"', 'name = "fixed"'), "arms[1].name"),
+    ("negative dose", rep("dose_cells = 1e8", "dose_cells = -5.0"), "arms[0].dose_cells"),
+    ("both dose_cells and dose_cells_per_kg",
+     rep("dose_cells = 1e8", "dose_cells = 1e8\ndose_cells_per_kg = 2e6"), "arms[0].dose_cells"),
+    ("fixed arm without a dose", rep("dose_cells = 1e8\n", ""), "arms[0].dose_cells"),
+    ("negative dose per kg", rep("dose_cells = 1e8", "dose_cells_per_kg = -2e6"),
+     "arms[0].dose_cells_per_kg"),
+    ("adaptive missing target", rep("target_il6_pg_ml = 1000.0\n", ""),
+     "arms[1].target_il6_pg_ml"),
+    ("max_dose < min_dose", rep("max_dose_cells = 1e9", "max_dose_cells = 1e6"),
+     "arms[1].max_dose_cells"),
+    ("debulking_factor 0", rep("dose_cells = 1e8", "dose_cells = 1e8\ndebulking_factor = 0"),
+     "arms[0].debulking_factor"),
+    ("debulking_factor > 1", rep("dose_cells = 1e8", "dose_cells = 1e8\ndebulking_factor = 1.5"),
+     "arms[0].debulking_factor"),
+    ("unknown parameter override", add("[cohort.parameters.zz]\ntypical = 1.0\n"),
+     "cohort.parameters.zz"),
+    ("parameter override not a table", add("[cohort.parameters]\nk = 0.2\n"),
+     "cohort.parameters.k"),
+    ("negative sd_log", add("[cohort.parameters.k]\nsd_log = -0.1\n"), "cohort.parameters.k.sd_log"),
+    ("typical 0", add("[cohort.parameters.k]\ntypical = 0.0\n"), "cohort.parameters.k.typical"),
+    ("unknown key in a parameter override", add("[cohort.parameters.k]\nmedian = 0.1\n"),
+     "cohort.parameters.k.median"),
+    ("correlation not symmetric",
+     add(CORRELATION.format(names='["k", "a"]', matrix="[[1.0, 0.3], [0.2, 1.0]]")),
+     "cohort.correlation.matrix[1][0]"),
+    ("correlation not positive definite",
+     add(CORRELATION.format(names='["k", "a", "r"]', matrix="[[1.0, 0.9, -0.9], "
+                            "[0.9, 1.0, 0.9], [-0.9, 0.9, 1.0]]")),
+     "cohort.correlation.matrix"),
+    ("correlation unknown name",
+     add(CORRELATION.format(names='["k", "zz"]', matrix="[[1.0, 0.3], [0.3, 1.0]]")),
+     "cohort.correlation.parameters[1]"),
+    ("correlation name twice",
+     add(CORRELATION.format(names='["k", "k"]', matrix="[[1.0, 0.3], [0.3, 1.0]]")),
+     "cohort.correlation.parameters[1]"),
+    ("correlation of one parameter", add(CORRELATION.format(names='["k"]', matrix="[[1.0]]")),
+     "cohort.correlation.parameters"),
+    ("correlation matrix of the wrong size",
+     add(CORRELATION.format(names='["k", "a", "r"]', matrix="[[1.0, 0.3], [0.3, 1.0]]")),
+     "cohort.correlation.matrix"),
+    ("correlation row too short",
+     add(CORRELATION.format(names='["k", "a"]', matrix="[[1.0, 0.3], [0.3]]")),
+     "cohort.correlation.matrix[1]"),
+    ("correlation diagonal not 1",
+     add(CORRELATION.format(names='["k", "a"]', matrix="[[2.0, 0.3], [0.3, 1.0]]")),
+     "cohort.correlation.matrix[0][0]"),
+    ("correlation matrix missing", add('[cohort.correlation]\nparameters = ["k", "a"]\n'),
+     "cohort.correlation.matrix"),
+    ("unknown covariate", add("[cohort.covariates.age_years]\nmedian = 60.0\n"),
+     "cohort.covariates.age_years"),
+    ("covariate median 0", add("[cohort.covariates.weight_kg]\nmedian = 0.0\n"),
+     "cohort.covariates.weight_kg.median"),
+    ("effect on an unknown covariate",
+     add('[[cohort.effects]]\nparameter = "k"\ncovariate = "age"\nexponent = 1.0\n'
+         "reference = 1.0\n"), "cohort.effects[0].covariate"),
+    ("effect on an unknown parameter",
+     add('[[cohort.effects]]\nparameter = "zz"\ncovariate = "weight_kg"\nexponent = 1.0\n'
+         "reference = 75.0\n"), "cohort.effects[0].parameter"),
+    ("effect reference 0",
+     add('[[cohort.effects]]\nparameter = "k"\ncovariate = "weight_kg"\nexponent = 1.0\n'
+         "reference = 0.0\n"), "cohort.effects[0].reference"),
+    ("effect without exponent",
+     add('[[cohort.effects]]\nparameter = "k"\ncovariate = "weight_kg"\nreference = 75.0\n'),
+     "cohort.effects[0].exponent"),
+    ("response_day beyond horizon", add("[outcomes]\nresponse_day = 400.0\n"),
+     "outcomes.response_day"),
+    ("response_fraction 1", add("[outcomes]\nresponse_fraction = 1.0\n"),
+     "outcomes.response_fraction"),
+    ("relapse_fraction 0", add("[outcomes]\nrelapse_fraction = 0.0\n"),
+     "outcomes.relapse_fraction"),
+    ("thresholds not increasing",
+     add("[outcomes]\ncrs_il6_thresholds_pg_ml = [100.0, 50.0, 2000.0, 5000.0]\n"),
+     "outcomes.crs_il6_thresholds_pg_ml"),
+    ("three thresholds", add("[outcomes]\ncrs_il6_thresholds_pg_ml = [100.0, 500.0, 2000.0]\n"),
+     "outcomes.crs_il6_thresholds_pg_ml"),
+    ("threshold not a number",
+     add('[outcomes]\ncrs_il6_thresholds_pg_ml = [100.0, "500", 2000.0, 5000.0]\n'),
+     "outcomes.crs_il6_thresholds_pg_ml[1]"),
+    ("severe_crs_grade 5", add("[outcomes]\nsevere_crs_grade = 5\n"), "outcomes.severe_crs_grade"),
+    ("unknown key in outcomes", add("[outcomes]\nresponse_days = 28.0\n"),
+     "outcomes.response_days"),
+    ("unknown quoted key with a newline", add('[outcomes]\n"a\\nb" = 1\n'),
+     'outcomes."a\\nb"'),
+    ("empty output dir", add('[output]\ndir = ""\n'), "output.dir"),
+    ("output dir not a string", add("[output]\ndir = 3\n"), "output.dir"),
+    ("TOML syntax error", rep("seed = 1", "seed = "), f"line {SEED_LINE}"),
+    ("table declared twice", add("[output]\ndir = \"a\"\n[output]\ndir = \"b\"\n"),
+     f"line {len(BASE.splitlines()) + 4}"),
+]
+
+
+def test_base_is_valid():
+    scenario = scenario_from_text(BASE, SOURCE)
+    assert [a.name for a in scenario.arms] == ["fixed", "adaptive"]
+    assert scenario.shard_size == 10_000 and scenario.rtol == 1e-6 and scenario.atol == 1e-9
+    assert scenario.outcomes.crs_il6_thresholds_pg_ml == (100.0, 500.0, 2000.0, 5000.0)
+    assert scenario.output.dir == "out" and scenario.run_dir == Path("out", "t")
+
+
+@pytest.mark.parametrize("description, mutate, key", MALFORMED,
+                         ids=[case[0] for case in MALFORMED])
+def test_malformed_config_names_the_key(description, mutate, key):
+    text = mutate(BASE)
+    assert text != BASE
+    with pytest.raises(ConfigError) as caught:
+        scenario_from_text(text, SOURCE)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{SOURCE}: {key}: "), message
+    assert len(message) > len(f"{SOURCE}: {key}: ")
+
+
+def test_enough_malformed_cases():
+    assert len(MALFORMED) >= 24
+
+
+def test_messages_say_what_is_wrong():
+    def error(text):
+        with pytest.raises(ConfigError) as caught:
+            scenario_from_text(text, SOURCE)
+        return str(caught.value)
+
+    assert error(rep("dose_cells = 1e8", "dose_cells = -5.0")(BASE)) == (
+        "bad.toml: arms[0].dose_cells: must be > 0, got -5.0")
+    assert error(rep("seed = 1", "seed = 1\nsede = 2")(BASE)) == (
+        "bad.toml: scenario.sede: unknown key; allowed keys: name, description, model, seed, "
+        "patients, shard_size, horizon_days, rtol, atol, max_steps")
+    assert "expected an integer, got float 100.0" in error(
+        rep("patients = 100", "patients = 100.0")(BASE))
+    assert "expected a number, got boolean true" in error(
+        rep("horizon_days = 365.0", "horizon_days = true")(BASE))
+    assert "expected one of cart, predator_prey" in error(
+        rep('model = "cart"', 'model = "carts"')(BASE))
+    assert "unknown key for policy 'fixed'" in error(
+        rep("dose_cells = 1e8", "dose_cells = 1e8\ntarget_il6_pg_ml = 5.0")(BASE))
+    assert error(rep("seed = 1", "seed = ")(BASE)).startswith(
+        f"bad.toml: line {SEED_LINE}: Invalid value (column ")
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as caught:
+        load_scenario(path)
+    assert str(caught.value) == f"{path}: cannot read: No such file or directory"
+
+
+@pytest.mark.parametrize("name, arms", [
+    ("default", {"fixed": "fixed", "adaptive": "adaptive", "oracle": "oracle"}),
+    ("debulking", {"fixed": "fixed", "fixed_debulked": "fixed",
+                   "adaptive_debulked": "adaptive"}),
+])
+def test_shipped_configs(name, arms):
+    path = CONFIGS / f"{name}.toml"
+    scenario = load_scenario(path)
+    model = get_model(scenario.model)
+    assert scenario.name == name and scenario.model == "cart"
+    assert (scenario.patients, scenario.shard_size, scenario.seed) == (100_000, 10_000, 20240601)
+    assert scenario.horizon_days == 365.0 and scenario.n_shards == 10
+    assert {a.name: a.policy for a in scenario.arms} == arms
+    assert scenario.text == path.read_text(encoding="utf-8")
+    assert scenario.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert scenario.source_path == str(path) and scenario.overrides == ()
+
+    cohort = scenario.cohort
+    assert isinstance(cohort, CohortSpec)
+    assert tuple(p.name for p in cohort.parameters) == model.parameter_names
+    for spec, parameter in zip(cohort.parameters, model.parameters):
+        assert (spec.typical, spec.sd_log) == (parameter.typical, parameter.sd_log)
+    assert [(c.name, c.median, c.sd_log) for c in cohort.covariates] == [
+        ("tumour_burden_cells", 1e10, 1.0), ("weight_kg", 75.0, 0.2)]
+    assert cohort.effects == () and cohort.correlation is None
+    for arm in scenario.arms:
+        if arm.policy == "fixed":
+            assert arm.dose_cells == 1e8 and arm.dose_cells_per_kg is None
+        else:
+            assert (arm.target_il6_pg_ml, arm.min_dose_cells, arm.max_dose_cells) == (
+                1000.0, 1e7, 1e9)
+        assert arm.debulking_factor == (0.1 if arm.name.endswith("_debulked") else 1.0)
+
+
+def test_shipped_configs_share_their_patients():
+    default, debulking = (load_scenario(CONFIGS / f"{n}.toml") for n in ("default", "debulking"))
+    assert default.cohort == debulking.cohort
+    assert (default.seed, default.patients, default.shard_size) == (
+        debulking.seed, debulking.patients, debulking.shard_size)
+
+
+def test_cohort_tables_build_the_spec():
+    text = BASE + """
+[cohort.parameters.k]
+typical = 0.3
+[cohort.parameters.a]
+sd_log = 0
+[cohort.correlation]
+parameters = ["k", "a"]
+matrix = [[1, 0.3], [0.3, 1]]
+[cohort.covariates.weight_kg]
+median = 70
+[[cohort.effects]]
+parameter = "k"
+covariate = "weight_kg"
+exponent = -0.25
+reference = 70
+[[cohort.effects]]
+parameter = "k"
+covariate = "tumour_burden_cells"
+exponent = 0.1
+reference = 1e10
+"""
+    cohort = scenario_from_text(text, SOURCE).cohort
+    by_name = {p.name: p for p in cohort.parameters}
+    model = get_model("cart")
+    assert (by_name["k"].typical, by_name["k"].sd_log) == (0.3, model.parameters[
+        model.parameter_index("k")].sd_log)
+    assert by_name["a"].sd_log == 0.0 and isinstance(by_name["a"].sd_log, float)
+    assert cohort.correlation == (("k", "a"), ((1.0, 0.3), (0.3, 1.0)))
+    assert cohort.covariates[1].median == 70.0 and cohort.covariates[1].sd_log == 0.2
+    assert [(e.parameter, e.covariate, e.exponent, e.reference) for e in cohort.effects] == [
+        ("k", "weight_kg", -0.25, 70.0), ("k", "tumour_burden_cells", 0.1, 1e10)]
+
+
+def test_integers_are_accepted_as_numbers():
+    scenario = scenario_from_text(rep("horizon_days = 365.0", "horizon_days = 365")(BASE))
+    assert scenario.horizon_days == 365.0 and isinstance(scenario.horizon_days, float)
+    assert scenario.source_path == "<string>"
+
+
+def test_overrides():
+    scenario = scenario_from_text(BASE, SOURCE)
+    changed = with_overrides(scenario, patients=25, shard_size=10, seed=7)
+    assert (changed.patients, changed.shard_size, changed.seed, changed.n_shards) == (25, 10, 7, 3)
+    assert changed.overrides == (("patients", 25), ("seed", 7), ("shard_size", 10))
+    assert changed.sha256 != scenario.sha256
+    assert changed.text == scenario.text and changed.arms == scenario.arms
+    # the hash depends on the overrides only, not on how they were applied
+    step = with_overrides(with_overrides(scenario, seed=7), patients=25, shard_size=10)
+    assert step == changed
+    assert with_overrides(scenario, seed=8).sha256 not in (scenario.sha256, changed.sha256)
+    # an override equal to the file's value (or its default) changes nothing
+    assert with_overrides(scenario, patients=100, shard_size=10_000) == scenario
+    assert with_overrides(changed, patients=100, shard_size=10_000, seed=1) == scenario
+    assert with_overrides(scenario) == scenario
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"patients": 0}, "scenario.patients"),
+    ({"shard_size": -1}, "scenario.shard_size"),
+    ({"seed": -1}, "scenario.seed"),
+    ({"patients": True}, "scenario.patients"),
+    ({"seed": 1.5}, "scenario.seed"),
+])
+def test_invalid_overrides(overrides, key):
+    with pytest.raises(ConfigError) as caught:
+        with_overrides(scenario_from_text(BASE, SOURCE), **overrides)
+    assert str(caught.value).startswith(f"{SOURCE}: {key}: ")
+
+
+def cartcohort(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("description", [
+    "unknown key in scenario", "negative dose", "unknown model", "no arms",
+    "correlation not positive definite", "TOML syntax error"])
+def test_validate_rejects(tmp_path, description):
+    mutate, key = next((m, k) for d, m, k in MALFORMED if d == description)
+    (tmp_path / SOURCE).write_text(mutate(BASE), encoding="utf-8")
+    result = cartcohort("validate", SOURCE, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"cartcohort validate: error: {SOURCE}: {key}: ")
+    assert [p.name for p in tmp_path.iterdir()] == [SOURCE]
+
+
+def test_validate_missing_file(tmp_path):
+    result = cartcohort("validate", "nope.toml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "cartcohort validate: error: nope.toml: cannot read: No such file or directory\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["default", "debulking"])
+def test_validate_shipped_config(tmp_path, name):
+    path = CONFIGS / f"{name}.toml"
+    result = cartcohort("validate", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    scenario = load_scenario(path)
+    assert scenario.sha256 in out and f"{scenario.name} (" in out
+    for arm in scenario.arms:
+        assert f"arm {arm.name}" in out and arm.policy in out
+    assert "100000 in 10 shard(s)" in out
+    assert list(tmp_path.iterdir()) == []
