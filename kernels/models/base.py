@@ -57,8 +57,9 @@ class Parameter:
 class Model:
     """A model: states, parameters, the compiled right-hand side, and the roles
     its states play (``roles["tumour"]``, ``roles["car_t"]``, ``roles["il6"]``:
-    tuples of state names whose sum is that quantity), which outcome code reads
-    instead of hard-coding state names. Cell counts are in units of
+    tuples of state names whose sum is that quantity; ``roles["infusion"]``: the
+    state an infused CAR T dose enters), which the pipeline reads instead of
+    hard-coding state names. Cell counts are in units of
     ``cells_per_unit`` cells."""
 
     name: str

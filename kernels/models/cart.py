@@ -69,4 +69,4 @@ def rhs(n, t, y, p, dydt):
 def model():
     return Model("cart", "reference CAR T model: tumour, effector/memory/exhausted CAR T, IL-6",
                  STATES, PARAMETERS, rhs,
-                 roles={"tumour": ("T",), "car_t": ("E", "M", "X"), "il6": ("I",)})
+                 roles={"tumour": ("T",), "car_t": ("E", "M", "X"), "il6": ("I",), "infusion": ("E",)})

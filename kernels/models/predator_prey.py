@@ -60,7 +60,7 @@ def model(cytokine=False):
     states = _STATES + ((_CYTOKINE_STATE,) if cytokine else ())
     parameters = _PARAMETERS + (_CYTOKINE_PARAMETERS if cytokine else ())
     name = "predator_prey_cytokine" if cytokine else "predator_prey"
-    roles = {"tumour": ("T",), "car_t": ("E",)}
+    roles = {"tumour": ("T",), "car_t": ("E",), "infusion": ("E",)}
     if cytokine:
         roles["il6"] = ("I",)
     return Model(name, "tumour-effector predator-prey with mass-action kill", states, parameters,
