@@ -1,0 +1,100 @@
+"""One shard: sample its patients, dose them per arm, integrate, tabulate.
+
+A shard (``scenario.shard_size`` patients) is the unit of work, of randomness and
+of storage. Every arm runs on the shard's same patients (common random numbers),
+so differences between arms are paired. The result depends only on the
+scenario and the shard index: never on which worker runs it or when.
+"""
+import numpy as np
+import pyarrow as pa
+
+from kernels import dopri5
+from kernels.models import get_model
+from pipeline import outcomes, policies
+from pipeline.cohort import sample_shard
+
+# A few patients of every shard are also saved as daily trajectories for plots.
+TRAJECTORY_PATIENTS = 2
+TRAJECTORY_STEP_DAYS = 1.0
+
+
+def _initial_states(model, tumour0_cells, n):
+    y0 = np.tile(model.typical_initial_state(), (n, 1))
+    y0[:, model.state_index(model.roles["tumour"][0])] = tumour0_cells / model.cells_per_unit
+    return y0
+
+
+def arm_doses(model, scenario, arm, shard, y0):
+    """Cells per patient under the arm's policy, and the adaptive predictor's
+    peak IL-6 (NaN for other policies)."""
+    predicted = np.full(len(shard), np.nan)
+    tumour0 = y0[:, model.state_index(model.roles["tumour"][0])] * model.cells_per_unit
+    if arm.policy == "fixed":
+        dose = policies.fixed_dose(arm, shard.covariates["weight_kg"])
+    elif arm.policy == "adaptive":
+        clearance = shard.params[:, model.parameter_index("c")]
+        dose = policies.adaptive_dose(model, arm, tumour0, clearance)
+        predicted = policies.predicted_peak_il6(model, dose, tumour0, clearance)
+    else:
+        dose = policies.oracle_dose(model, arm, y0, shard.params, scenario.horizon_days,
+                                    scenario.rtol, scenario.atol)
+    return dose, predicted
+
+
+def _solve(model, scenario, y0, params, dose, **options):
+    infusion = model.roles["infusion"][0]
+    doses = dopri5.Doses([0.0], [infusion], (dose / model.cells_per_unit)[:, None])
+    return dopri5.solve(model, y0, params, 0.0, scenario.horizon_days, rtol=scenario.rtol,
+                        atol=scenario.atol, doses=doses, max_steps=scenario.max_steps,
+                        threads=1, **options)
+
+
+def run_shard(scenario, shard_index):
+    """Integrate every arm of one shard. Returns {arm name: (patients table,
+    trajectories table)} as pyarrow tables (see pipeline.store for the layout)."""
+    model = get_model(scenario.model)
+    shard = sample_shard(scenario.cohort, scenario.seed, shard_index, scenario.shard_size,
+                         scenario.patients)
+    features = outcomes.kernel_features(model, scenario.outcomes, scenario.horizon_days)
+    n = len(shard)
+    baseline = {
+        "patient_id": shard.patient_ids,
+        "shard": np.full(n, shard_index, np.int32),
+        **shard.covariates,
+        **{f"param_{name}": shard.params[:, j] for j, name in enumerate(model.parameter_names)},
+    }
+    tables = {}
+    for arm in scenario.arms:
+        tumour0 = policies.tumour_at_infusion(arm, shard.covariates["tumour_burden_cells"])
+        y0 = _initial_states(model, tumour0, n)
+        dose, predicted = arm_doses(model, scenario, arm, shard, y0)
+        solution = _solve(model, scenario, y0, shard.params, dose, features=features)
+        columns = outcomes.feature_columns(model, solution.features)
+        result = outcomes.outcome_columns(columns, tumour0, scenario.outcomes)
+        patients = pa.table({
+            **baseline,
+            "debulking_factor": np.full(n, arm.debulking_factor),
+            "tumor0_cells": tumour0,
+            "dose_cells": dose,
+            "il6_peak_predicted_pg_ml": predicted,
+            **columns, **result,
+            "status": solution.status,
+            "n_steps": solution.n_steps,
+        })
+        tables[arm.name] = (patients, _trajectories(model, scenario, y0, shard, dose))
+    return tables
+
+
+def _trajectories(model, scenario, y0, shard, dose):
+    """Daily states of the shard's first TRAJECTORY_PATIENTS patients."""
+    k = min(TRAJECTORY_PATIENTS, len(shard))
+    times = np.arange(0.0, scenario.horizon_days + 0.5 * TRAJECTORY_STEP_DAYS,
+                      TRAJECTORY_STEP_DAYS)
+    times = times[times <= scenario.horizon_days]
+    saved = _solve(model, scenario, y0[:k], shard.params[:k], dose[:k], save_at=times).saved
+    return pa.table({
+        "patient_id": np.repeat(shard.patient_ids[:k], times.size),
+        "shard": np.full(k * times.size, shard.index, np.int32),
+        "t_d": np.tile(times, k),
+        **{name: saved[:, :, s].ravel() for s, name in enumerate(model.state_names)},
+    })
