@@ -56,6 +56,11 @@ import time
 
 import numpy as np
 
+if __package__ in (None, ""):
+    # run as a file: put the repository first, or benchmarks/pipeline.py would
+    # shadow the pipeline package
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 SEED = 20240601
 WARMUP_PATIENTS = 64
 SMALL_N_REPEATS, LARGE_N = 3, 10_000

@@ -13,12 +13,18 @@ at a fixed shard size: a worker holds one shard at a time.
 import argparse
 import os
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from pipeline.config import load_scenario, with_overrides
-from pipeline.runner import local_client, run
+if __package__ in (None, ""):
+    # run as a file: put the repository first, or benchmarks/pipeline.py would
+    # shadow the pipeline package
+    sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from pipeline.config import load_scenario, with_overrides  # noqa: E402
+from pipeline.runner import local_client, run  # noqa: E402
 
 
 def _peak_rss_mb():

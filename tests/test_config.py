@@ -266,7 +266,7 @@ def test_shipped_configs(name, arms):
     for spec, parameter in zip(cohort.parameters, model.parameters):
         assert (spec.typical, spec.sd_log) == (parameter.typical, parameter.sd_log)
     assert [(c.name, c.median, c.sd_log) for c in cohort.covariates] == [
-        ("tumour_burden_cells", 1e10, 1.0), ("weight_kg", 75.0, 0.2)]
+        ("tumour_burden_cells", 1e10, 1.4), ("weight_kg", 75.0, 0.2)]
     assert cohort.effects == () and cohort.correlation is None
     for arm in scenario.arms:
         if arm.policy == "fixed":
