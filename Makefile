@@ -13,14 +13,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
+# the default scenario (100,000 patients x 3 arms) on a local Dask cluster; run
+# again, it keeps the finished dataset and prints the table
 run: $(STAMP)
-	$(BIN)/cartcohort demo
+	$(BIN)/cartcohort run configs/default.toml --resume
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/kernel.py
+	$(BIN)/python -m benchmarks.kernel
+	$(BIN)/python -m benchmarks.pipeline --sizes 10000,100000
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -34,7 +34,9 @@ def wilson_interval(events, n, confidence=CONFIDENCE):
         denominator = 1.0 + z * z / n
         centre = p + z * z / (2.0 * n)
         half = z * np.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n))
-        return (centre - half) / denominator, (centre + half) / denominator
+        # clip the rounding (about 1e-17) at 0 and 1 events
+        return (np.clip((centre - half) / denominator, 0.0, 1.0),
+                np.clip((centre + half) / denominator, 0.0, 1.0))
 
 
 def clopper_pearson(events, n, confidence=CONFIDENCE):

@@ -2,7 +2,13 @@
 
     cartcohort models                 the model library: states and parameters
     cartcohort demo [--patients N]    simulate a demo cohort of the cart model
+    cartcohort run CONFIG [--out DIR] [--patients N] [--shard-size N] [--seed S]
+                   [--workers N] [--resume] [--no-report]
+                                      run a scenario on a local Dask cluster
     cartcohort validate CONFIG        check a scenario file and summarise it
+    cartcohort report RUN             write a run's report (tables, Markdown, plots)
+    cartcohort query RUN "SQL"        run SQL over a run's results (views patients,
+                                      trajectories)
 
 Results go to stdout, progress and timing to stderr. A usage or input error is
 one line on stderr and exit status 2.
@@ -66,6 +72,31 @@ def build_parser():
                       help="Numba threads (default: Numba's default, one per core)")
     demo.set_defaults(handler=cmd_demo)
 
+    run = commands.add_parser(
+        "run", help="run a scenario: every arm on the same virtual patients",
+        description="Validate the scenario, then integrate its shards on a local Dask "
+                    "cluster (one single-threaded worker process per core) into a Parquet "
+                    "dataset RUN/patients/arm=<arm>/part-<shard>.parquet with "
+                    "RUN/_manifest.json, write the report (RUN/report/) and print the "
+                    "per-arm rates and paired differences. RUN is --out, or the scenario's "
+                    "[output] dir / name. A killed run is finished with --resume.")
+    run.add_argument("config", metavar="CONFIG", help="scenario file (TOML)")
+    run.add_argument("--out", metavar="DIR", default=None,
+                     help="run directory (default: [output] dir / scenario name)")
+    run.add_argument("--patients", type=_positive_int, default=None, metavar="N",
+                     help="override scenario.patients")
+    run.add_argument("--shard-size", type=_positive_int, default=None, metavar="N",
+                     help="override scenario.shard_size")
+    run.add_argument("--seed", type=_seed, default=None, metavar="S",
+                     help="override scenario.seed")
+    run.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                     help="worker processes (default: one per core)")
+    run.add_argument("--resume", action="store_true",
+                     help="finish an interrupted run: compute only missing shards (the "
+                          "configuration must be unchanged)")
+    run.add_argument("--no-report", action="store_true", help="skip the report")
+    run.set_defaults(handler=cmd_run)
+
     validate = commands.add_parser(
         "validate", help="check a scenario file and summarise it",
         description="Read a scenario TOML file and validate every key (see "
@@ -74,6 +105,30 @@ def build_parser():
                     "file and the key, exit status 2.")
     validate.add_argument("config", metavar="CONFIG", help="scenario file (TOML)")
     validate.set_defaults(handler=cmd_validate)
+
+    report = commands.add_parser(
+        "report", help="write a run's report: tables, Markdown and plots",
+        description="Read a run directory's patients dataset, manifest and config and "
+                    "write RUN/report/: summary.csv, paired.csv, strata.csv, report.md and "
+                    "PNG plots (see pipeline/report.py). The per-arm table (rates with "
+                    "Wilson 95% intervals, paired differences with exact intervals) goes to "
+                    "stdout, the paths written to stderr.")
+    report.add_argument("run", metavar="RUN", help="run directory (<output.dir>/<scenario>)")
+    report.set_defaults(handler=cmd_report)
+
+    query = commands.add_parser(
+        "query", help="run SQL over a run's results",
+        description="Run one DuckDB SQL statement over a run's results: the view "
+                    "'patients' (one row per patient and arm; the arm column comes from "
+                    "the arm=<arm> directories) and, when the run has one, 'trajectories'. "
+                    "The result is printed as a text table (or CSV with --csv); the row "
+                    "count goes to stderr.")
+    query.add_argument("run", metavar="RUN", help="run directory (<output.dir>/<scenario>)")
+    query.add_argument("sql", metavar="SQL",
+                       help="the statement, e.g. \"SELECT arm, avg(responded::INT) "
+                            "FROM patients GROUP BY arm\"")
+    query.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    query.set_defaults(handler=cmd_query)
     return parser
 
 
@@ -176,18 +231,6 @@ def cmd_demo(args, out):
     return 0
 
 
-def _dose(arm):
-    if arm.policy == "fixed":
-        dose = (f"{arm.dose_cells:.3g} cells" if arm.dose_cells is not None
-                else f"{arm.dose_cells_per_kg:.3g} cells/kg")
-    else:
-        dose = (f"peak IL-6 target {arm.target_il6_pg_ml:g} pg/mL, "
-                f"{arm.min_dose_cells:.3g}-{arm.max_dose_cells:.3g} cells")
-    if arm.debulking_factor != 1.0:
-        dose += f", debulking x{arm.debulking_factor:g}"
-    return dose
-
-
 def cmd_validate(args, out):
     from pipeline.config import load_scenario
 
@@ -197,10 +240,67 @@ def cmd_validate(args, out):
             ("patients", f"{s.patients} in {s.n_shards} shard(s) of up to {s.shard_size}"),
             ("seed", s.seed),
             ("horizon", f"{s.horizon_days:g} days, rtol {s.rtol:g}, atol {s.atol:g}")]
-    rows += [(f"arm {arm.name}", f"{arm.policy}: {_dose(arm)}") for arm in s.arms]
+    rows += [(f"arm {arm.name}", arm.describe()) for arm in s.arms]
     rows += [("output", s.run_dir), ("sha256", s.sha256)]
     width = max(len(label) for label, _ in rows) + 2
     print("\n".join(f"{label:<{width}}{value}" for label, value in rows), file=out)
+    return 0
+
+
+def cmd_run(args, out):
+    from pipeline.config import load_scenario, with_overrides
+    from pipeline.runner import run
+
+    scenario = with_overrides(load_scenario(args.config), patients=args.patients,
+                              shard_size=args.shard_size, seed=args.seed)
+    print(f"running {scenario.name}: {scenario.patients:,} patients x {len(scenario.arms)} "
+          f"arms in {scenario.n_shards} shard(s)", file=sys.stderr)
+    run_dir = run(scenario, args.out, workers=args.workers, resume=args.resume)
+    print(f"dataset: {run_dir / 'patients'}", file=sys.stderr)
+    if args.no_report:
+        return 0
+    args.run = run_dir
+    return cmd_report(args, out)
+
+
+def cmd_report(args, out):
+    from pipeline.report import build_report, format_arm_table, read_arm_tables
+
+    try:
+        paths = build_report(args.run)
+    except OSError as exc:
+        raise ValueError(f"{exc.filename or args.run}: {exc.strerror or exc}") from None
+    print(format_arm_table(*read_arm_tables(paths["summary"].parent)), file=out)
+    for path in paths.values():
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _cell(value):
+    """A query result's value as text: floats to 6 significant digits (NaN as NaN:
+    the dataset stores missing floats as NaN), NULL for other missing values."""
+    import pandas as pd
+
+    if isinstance(value, float):
+        return "NaN" if math.isnan(value) else f"{value:.6g}"
+    if value is None or value is pd.NA or value is pd.NaT:
+        return "NULL"
+    return str(value)
+
+
+def cmd_query(args, out):
+    from pipeline.query import query
+
+    try:
+        result = query(args.run, args.sql)
+    except OSError as exc:
+        raise ValueError(f"{exc.filename or args.run}: {exc.strerror or exc}") from None
+    if args.csv:
+        result.to_csv(out, index=False)
+    elif len(result.columns):
+        rows = [[_cell(v) for v in row] for row in result.itertuples(index=False, name=None)]
+        print(_table(result.columns, rows), file=out)
+    print(f"({len(result)} row{'s' if len(result) != 1 else ''})", file=sys.stderr)
     return 0
 
 

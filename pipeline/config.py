@@ -122,6 +122,18 @@ class Arm:
     min_dose_cells: float = None
     max_dose_cells: float = None
 
+    def describe(self):
+        """One line for people: 'fixed: 1e+08 cells', 'adaptive: peak IL-6 target ...'."""
+        if self.policy == "fixed":
+            dose = (f"{self.dose_cells:.3g} cells" if self.dose_cells is not None
+                    else f"{self.dose_cells_per_kg:.3g} cells/kg")
+        else:
+            dose = (f"peak IL-6 target {self.target_il6_pg_ml:g} pg/mL, "
+                    f"doses {self.min_dose_cells:.3g}-{self.max_dose_cells:.3g} cells")
+        if self.debulking_factor != 1.0:
+            dose += f", debulking x{self.debulking_factor:g}"
+        return f"{self.policy}: {dose}"
+
 
 @dataclass(frozen=True)
 class Outcomes:

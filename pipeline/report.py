@@ -1,0 +1,697 @@
+"""A run's report: tables (CSV), a Markdown summary and PNG plots.
+
+``build_report(run_dir)`` reads the run's patients dataset, manifest and
+``config.toml`` (see :mod:`pipeline.query`) and writes into ``RUN/report/``:
+
+``summary.csv``
+    per arm and outcome (responded, severe_crs, relapsed): n (status ok),
+    events, rate and the Wilson 95% interval (:func:`pipeline.aggregate.arm_rates`);
+``paired.csv``
+    every arm minus the reference arm (the manifest's ``reference_arm``, the first
+    arm of the config) on the same patients, with the exact conditional 95%
+    interval (:func:`pipeline.aggregate.paired_differences`);
+``strata.csv``
+    the same rates within tertiles of the baseline tumour burden before any
+    debulking, ``tumour_burden_cells`` (:func:`pipeline.aggregate.strata_rates`),
+    so a patient is in the same stratum in every arm;
+``report.md``
+    the scenario, the per-arm rates, the paired differences, the adaptive
+    predictor's error against the full model (when an arm has predictions),
+    doses, strata, status counts per arm and links to the plots;
+``rates.png``, ``adaptive_doses.png``, ``il6_vs_dose.png``, ``trajectories.png``
+    rates with their intervals; the dose distribution of the adaptive and oracle
+    arms (every arm's when there are none); peak IL-6 against dose (at most
+    20,000 points); sample trajectories of tumour and IL-6 per arm (only when the
+    run has a trajectories dataset; the report says so otherwise).
+
+:func:`format_arm_table` gives the plain-text per-arm table (rates with
+intervals, then the paired differences) that ``cartcohort run`` and
+``cartcohort report`` print; :func:`arm_tables` computes its inputs from a run.
+
+Only patients whose integration succeeded (status 0) count in rates and
+differences (see :mod:`pipeline.aggregate`); the status table shows the others.
+"""
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.aggregate import CONFIDENCE, arm_rates, paired_differences, strata_rates
+from pipeline.query import has_trajectories, open_patients, open_trajectories, read_manifest
+
+OUTCOMES = ("responded", "severe_crs", "relapsed")
+LABELS = {"responded": "response", "severe_crs": "severe CRS", "relapsed": "relapse"}
+STRATUM_COLUMN = "tumour_burden_cells"
+N_STRATA = 3
+MAX_SCATTER_POINTS = 20_000
+MAX_TRAJECTORIES_PER_ARM = 20
+REPORT_DIR = "report"
+FILES = {"summary": "summary.csv", "paired": "paired.csv", "strata": "strata.csv",
+         "report": "report.md", "rates": "rates.png", "adaptive_doses": "adaptive_doses.png",
+         "il6_vs_dose": "il6_vs_dose.png", "trajectories": "trajectories.png"}
+_DPI = 120
+
+
+# -- tables -------------------------------------------------------------------
+
+def _reference(manifest, arms):
+    reference = manifest.get("reference_arm")
+    if reference in arms:
+        return reference
+    return arms[0] if arms else None
+
+
+def arm_tables(run_dir, outcomes=OUTCOMES):
+    """``(summary, paired)`` for a run: :func:`~pipeline.aggregate.arm_rates` and
+    :func:`~pipeline.aggregate.paired_differences` against the reference arm,
+    the inputs of :func:`format_arm_table`."""
+    patients = open_patients(run_dir, columns=["patient_id", "status", *outcomes])
+    arms = list(patients["arm"].unique())
+    reference = _reference(read_manifest(run_dir), arms)
+    return (arm_rates(patients, outcomes),
+            paired_differences(patients, reference, outcomes))
+
+
+def read_arm_tables(report_dir):
+    """``(summary, paired)`` read back from a report's ``summary.csv`` and ``paired.csv``."""
+    report_dir = Path(report_dir)
+    text = {"arm": str, "reference": str, "outcome": str}
+    return (pd.read_csv(report_dir / FILES["summary"], dtype=text),
+            pd.read_csv(report_dir / FILES["paired"], dtype=text))
+
+
+def _pct(value, digits=1, sign=False):
+    """A fraction as a percentage with ``digits`` decimals (never "-0.0")."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    shown = round(100.0 * value, digits) + 0.0        # + 0.0 turns -0.0 into 0.0
+    return f"{shown:{'+' if sign else ''}.{digits}f}"
+
+
+def _interval_label(label):
+    """A stratum label such as "(489348424.714, 6145911450.147]" with its
+    numbers to 3 significant digits."""
+    return re.sub(r"-?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?", lambda m: f"{float(m[0]):.3g}",
+                  str(label))
+
+
+def _rate_cell(row, digits=1):
+    return f"{_pct(row.rate, digits)}% [{_pct(row.lower, digits)}, {_pct(row.upper, digits)}]"
+
+
+def _difference_cell(row, digits=2):
+    return (f"{_pct(row.difference, digits, True)} "
+            f"[{_pct(row.lower, digits, True)}, {_pct(row.upper, digits, True)}]")
+
+
+def _text_table(headers, rows):
+    """Left-aligned text columns (as ``cartcohort``'s other tables)."""
+    cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _ordered(frame, column):
+    return list(dict.fromkeys(frame[column])) if len(frame) else []
+
+
+def _rate_rows(summary):
+    """One row per arm: arm, n, then a rate cell per outcome."""
+    outcomes = _ordered(summary, "outcome")
+    rows = []
+    for arm in _ordered(summary, "arm"):
+        group = summary[summary["arm"] == arm].set_index("outcome")
+        cells = [_rate_cell(_Row(group.loc[o])) if o in group.index else "n/a"
+                 for o in outcomes]
+        rows.append([arm, int(group["n"].iloc[0]), *cells])
+    return outcomes, rows
+
+
+def _difference_rows(paired):
+    outcomes = _ordered(paired, "outcome")
+    rows = []
+    for arm in _ordered(paired, "arm"):
+        group = paired[paired["arm"] == arm].set_index("outcome")
+        cells = [_difference_cell(_Row(group.loc[o])) if o in group.index else "n/a"
+                 for o in outcomes]
+        rows.append([arm, int(group["n"].iloc[0]), *cells])
+    return outcomes, rows
+
+
+class _Row:
+    """Attribute access to a Series' float fields."""
+
+    def __init__(self, series):
+        self._s = series
+
+    def __getattr__(self, name):
+        return float(self._s[name])
+
+
+def format_arm_table(summary, paired=None, confidence=CONFIDENCE):
+    """The per-arm table as plain text: each arm's n (status ok) and its rates
+    with Wilson intervals, then each arm's paired difference from the reference
+    arm with the exact conditional interval, in percentage points.
+
+    ``summary``: :func:`~pipeline.aggregate.arm_rates`' frame; ``paired``:
+    :func:`~pipeline.aggregate.paired_differences`' frame (or None)."""
+    level = f"{100 * confidence:g}%"
+    if len(summary) == 0:
+        return "no patient with status ok: no rates"
+    outcomes, rows = _rate_rows(summary)
+    lines = [f"rates per arm, % [Wilson {level} interval], patients with status ok:",
+             _text_table(["arm", "n", *(LABELS.get(o, o) for o in outcomes)], rows)]
+    if paired is not None and len(paired):
+        reference = paired["reference"].iloc[0]
+        outcomes, rows = _difference_rows(paired)
+        lines += ["", f"paired differences vs {reference}, percentage points "
+                      f"[exact {level} interval], patients ok in both arms:",
+                  _text_table(["arm", "n", *(LABELS.get(o, o) for o in outcomes)], rows)]
+    elif paired is not None:
+        lines += ["", "paired differences: no other arm to compare"]
+    return "\n".join(lines)
+
+
+# -- scenario and run facts ---------------------------------------------------
+
+def _load_config(run):
+    """The run's scenario from ``RUN/config.toml``, or None when it is missing
+    or does not validate (the report then infers what it can from the data)."""
+    from pipeline.config import ConfigError, scenario_from_text
+
+    path = run / "config.toml"
+    try:
+        return scenario_from_text(path.read_text(encoding="utf-8"), source="config.toml")
+    except (OSError, UnicodeDecodeError, ConfigError, KeyError):
+        return None
+
+
+def _policies(scenario, patients):
+    """arm -> policy: from the config, else 'adaptive' where the predictor's
+    peak IL-6 is present and 'unknown' elsewhere."""
+    if scenario is not None:
+        policies = {arm.name: arm.policy for arm in scenario.arms}
+    else:
+        policies = {}
+    for arm, group in patients.groupby("arm", sort=False):
+        if arm not in policies:
+            predicted = group.get("il6_peak_predicted_pg_ml")
+            has = predicted is not None and np.isfinite(predicted.to_numpy(float)).any()
+            policies[arm] = "adaptive" if has else "unknown"
+    return policies
+
+
+def predictor_error(patients):
+    """Per arm with adaptive predictions: the error of the closed-form peak IL-6
+    against the full model, r = |ln(predicted / simulated)| over patients with
+    status ok and both values positive: n, median r, 90th percentile of r, and
+    the fraction predicted within a factor 2 (r <= ln 2)."""
+    rows = []
+    if "il6_peak_predicted_pg_ml" not in patients:
+        return pd.DataFrame(rows, columns=["arm", "n", "median_abs_log_ratio",
+                                           "p90_abs_log_ratio", "within_2x"])
+    for arm, group in patients.groupby("arm", sort=False):
+        predicted = group["il6_peak_predicted_pg_ml"].to_numpy(float)
+        if not np.isfinite(predicted).any():
+            continue
+        simulated = group["il6_peak_pg_ml"].to_numpy(float)
+        keep = ((group["status"].to_numpy() == 0) & np.isfinite(predicted)
+                & np.isfinite(simulated) & (predicted > 0) & (simulated > 0))
+        r = np.abs(np.log(predicted[keep] / simulated[keep]))
+        n = int(r.size)
+        rows.append({"arm": arm, "n": n,
+                     "median_abs_log_ratio": float(np.median(r)) if n else np.nan,
+                     "p90_abs_log_ratio": float(np.percentile(r, 90)) if n else np.nan,
+                     "within_2x": float(np.mean(r <= math.log(2.0))) if n else np.nan})
+    return pd.DataFrame(rows, columns=["arm", "n", "median_abs_log_ratio",
+                                       "p90_abs_log_ratio", "within_2x"])
+
+
+def _status_names():
+    try:
+        from kernels.status import NAMES
+    except ImportError:
+        return {}
+    return dict(NAMES)
+
+
+def _model(name):
+    try:
+        from kernels.models import get_model
+        return get_model(name)
+    except (ImportError, KeyError):
+        return None
+
+
+# -- plots --------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _colours(arms):
+    from matplotlib import colormaps
+    cmap = colormaps["tab10"]
+    return {arm: cmap(i % 10) for i, arm in enumerate(arms)}
+
+
+def plot_rates(summary, path, title):
+    plt = _pyplot()
+    arms = _ordered(summary, "arm")
+    shown = [o for o in ("responded", "severe_crs") if o in set(summary["outcome"])]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(arms) + 2.5), 4.8))
+    width = 0.8 / max(1, len(shown))
+    colours = {"responded": "tab:blue", "severe_crs": "tab:red"}
+    top = 0.0
+    for k, outcome in enumerate(shown):
+        rows = summary[summary["outcome"] == outcome].set_index("arm").reindex(arms)
+        x = np.arange(len(arms)) + (k - (len(shown) - 1) / 2) * width
+        rate, lower, upper = (100 * rows[c].to_numpy(float) for c in ("rate", "lower", "upper"))
+        ax.bar(x, rate, width * 0.9, color=colours.get(outcome), alpha=0.35,
+               edgecolor=colours.get(outcome))
+        ax.errorbar(x, rate, yerr=[rate - lower, upper - rate], fmt="o", capsize=5,
+                    color=colours.get(outcome), label=f"{LABELS[outcome]} (Wilson 95% CI)")
+        for xi, r, u in zip(x, rate, upper):
+            if np.isfinite(r):
+                ax.annotate(f"{r:.1f}%", (xi, u), textcoords="offset points", xytext=(0, 4),
+                            ha="center", fontsize=9)
+        top = max(top, np.nanmax(upper) if np.isfinite(upper).any() else 0.0)
+    ax.set_xticks(np.arange(len(arms)), arms)
+    ax.set_ylabel("patients (%)")
+    ax.set_ylim(0, min(108.0, top * 1.15 + 3.0) if top > 0 else 1.0)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=len(shown), fontsize=9,
+              frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+
+
+def plot_doses(patients, policies, scenario, path):
+    """Histogram of log10 dose for the adaptive and oracle arms, with each fixed
+    arm's dose as a dashed line; every arm's histogram when none is adaptive."""
+    plt = _pyplot()
+    arms = list(dict.fromkeys(patients["arm"]))
+    colours = _colours(arms)
+    chosen = [a for a in arms if policies.get(a) in ("adaptive", "oracle")]
+    others = [a for a in arms if a not in chosen]
+    histogram = chosen or arms
+    logdose = {}
+    for arm in arms:
+        dose = patients.loc[patients["arm"] == arm, "dose_cells"].to_numpy(float)
+        logdose[arm] = np.log10(dose[np.isfinite(dose) & (dose > 0)])
+    values = np.concatenate([logdose[a] for a in histogram] or [np.array([])])
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    if values.size:
+        low, high = float(values.min()), float(values.max())
+        if high - low < 1e-9:
+            low, high = low - 0.5, high + 0.5
+        bins = np.linspace(low, high, 41)
+        for arm in histogram:
+            d = logdose[arm]
+            if d.size == 0:
+                continue
+            label = (f"{arm} ({policies.get(arm, '?')}): median {10 ** np.median(d):.3g} "
+                     f"cells, n={d.size}")
+            ax.hist(d, bins=bins, color=colours[arm], alpha=0.35, label=label)
+            ax.hist(d, bins=bins, color=colours[arm], histtype="step", linewidth=1.4)
+        if chosen:
+            for arm in others:
+                d = logdose[arm]
+                if d.size and np.ptp(d) < 1e-9:
+                    ax.axvline(d[0], color=colours[arm], linestyle="--", linewidth=1.4,
+                               label=f"{arm} ({policies.get(arm, '?')}): {10 ** d[0]:.3g} cells")
+        if scenario is not None:
+            bounds = {(a.min_dose_cells, a.max_dose_cells) for a in scenario.arms
+                      if a.name in chosen and a.min_dose_cells is not None}
+            for k, (lo, hi) in enumerate(sorted(bounds)):
+                for edge in (lo, hi):
+                    ax.axvline(math.log10(edge), color="grey", linestyle=":", linewidth=1.0,
+                               label="dose range (config)" if k == 0 and edge == lo else None)
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.4)          # room for the legend
+        ax.legend(fontsize=8, loc="upper left")
+    else:
+        ax.text(0.5, 0.5, "no positive dose", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("log10 dose (CAR T cells)")
+    ax.set_ylabel("patients")
+    what = "adaptive and oracle arms" if chosen else "all arms (no adaptive or oracle arm)"
+    ax.set_title(f"Dose distribution: {what}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+
+
+def plot_il6_vs_dose(patients, scenario, path, max_points=MAX_SCATTER_POINTS, seed=0):
+    """Peak IL-6 against dose, log-log, one colour per arm, patients with status
+    ok; at most ``max_points`` points, split evenly between the arms."""
+    plt = _pyplot()
+    arms = list(dict.fromkeys(patients["arm"]))
+    colours = _colours(arms)
+    dose = patients["dose_cells"].to_numpy(float)
+    il6 = patients["il6_peak_pg_ml"].to_numpy(float)
+    ok = ((patients["status"].to_numpy() == 0) & np.isfinite(dose) & np.isfinite(il6)
+          & (dose > 0) & (il6 > 0))
+    rng = np.random.default_rng(seed)
+    per_arm = max(1, max_points // max(1, len(arms)))
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    shown = total = 0
+    for arm in arms:
+        index = np.flatnonzero(ok & (patients["arm"].to_numpy() == arm))
+        total += index.size
+        if index.size > per_arm:
+            index = np.sort(rng.choice(index, per_arm, replace=False))
+        shown += index.size
+        if index.size:
+            ax.scatter(dose[index], il6[index], s=5, alpha=0.35, color=colours[arm],
+                       edgecolors="none", label=f"{arm} ({index.size} shown)", rasterized=True)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    if scenario is not None:
+        thresholds = scenario.outcomes.crs_il6_thresholds_pg_ml
+        severe = scenario.outcomes.severe_crs_grade
+        for grade, level in enumerate(thresholds, start=1):
+            ax.axhline(level, color="black" if grade == severe else "grey",
+                       linestyle="--" if grade == severe else ":", linewidth=1.0)
+            ax.annotate(f"CRS grade {grade}" + (" (severe)" if grade == severe else ""),
+                        (1.0, level), xycoords=("axes fraction", "data"), ha="right",
+                        va="bottom", fontsize=8, color="black" if grade == severe else "grey")
+    ax.set_xlabel("dose (CAR T cells)")
+    ax.set_ylabel("peak IL-6 (pg/mL)")
+    ax.set_title(f"Peak IL-6 vs dose ({shown:,} of {total:,} patients with status ok)")
+    ax.grid(alpha=0.3, which="major")
+    if shown:
+        ax.legend(fontsize=8, markerscale=3, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+
+
+TUMOUR_FLOOR_CELLS = 1.0        # trajectory plots: nothing drawn below one tumour cell
+IL6_FLOOR_PG_ML = 0.1            # ... nor below 0.1 pg/mL of IL-6 (under any assay's limit)
+
+
+def _trajectory_quantities(model, columns):
+    """[(label, states summed, scale, axis floor)] for the tumour and IL-6 panels."""
+    if model is not None:
+        roles = model.roles
+        units = {s.name: s.unit for s in model.states}
+        out = []
+        if "tumour" in roles and all(s in columns for s in roles["tumour"]):
+            out.append(("tumour (cells)", roles["tumour"], model.cells_per_unit,
+                        TUMOUR_FLOOR_CELLS))
+        if "il6" in roles and all(s in columns for s in roles["il6"]):
+            unit = units.get(roles["il6"][0], "pg/mL")
+            out.append((f"IL-6 ({unit})", roles["il6"], 1.0, IL6_FLOOR_PG_ML))
+        if out:
+            return out
+    fallback = []
+    if "T" in columns:
+        fallback.append(("tumour T (cells)", ("T",), 1e9, TUMOUR_FLOOR_CELLS))
+    if "I" in columns:
+        fallback.append(("IL-6 I (pg/mL)", ("I",), 1.0, IL6_FLOOR_PG_ML))
+    return fallback
+
+
+def plot_trajectories(trajectories, model, arms, path,
+                      per_arm=MAX_TRAJECTORIES_PER_ARM):
+    """Tumour and IL-6 against time for up to ``per_arm`` sampled patients per
+    arm (the same patients in every arm where possible, one colour each)."""
+    plt = _pyplot()
+    from matplotlib import colormaps
+
+    quantities = _trajectory_quantities(model, trajectories.columns)
+    if not quantities:
+        raise ValueError("trajectories have neither tumour nor IL-6 columns")
+    arms = [a for a in arms if (trajectories["arm"] == a).any()]
+    ids = list(dict.fromkeys(trajectories["patient_id"]))[:per_arm]
+    cmap = colormaps["tab20"]
+    colour = {pid: cmap(i % 20) for i, pid in enumerate(ids)}
+    fig, axes = plt.subplots(len(quantities), len(arms), squeeze=False, sharex=True,
+                             sharey="row", figsize=(3.6 * len(arms) + 1.0,
+                                                    2.9 * len(quantities) + 0.8))
+    horizon = float(trajectories["t_d"].max())
+    for j, arm in enumerate(arms):
+        data = trajectories[trajectories["arm"] == arm]
+        chosen = [p for p in ids if p in set(data["patient_id"])]
+        if not chosen:
+            chosen = list(dict.fromkeys(data["patient_id"]))[:per_arm]
+        for pid in chosen:
+            one = data[data["patient_id"] == pid].sort_values("t_d")
+            t = one["t_d"].to_numpy(float)
+            for i, (_, states, scale, floor) in enumerate(quantities):
+                y = one[list(states)].to_numpy(float).sum(axis=1) * scale
+                axes[i, j].plot(t, np.where(y >= floor, y, np.nan),
+                                color=colour.get(pid, "grey"), linewidth=1.0, alpha=0.8)
+        axes[0, j].set_title(f"{arm} ({len(chosen)} patients)")
+        for i, (label, _, _, _) in enumerate(quantities):
+            ax = axes[i, j]
+            ax.set_yscale("log")
+            ax.set_xscale("symlog", linthresh=min(30.0, horizon) if horizon > 0 else 1.0,
+                          linscale=1.5)
+            ticks = [d for d in (0, 7, 14, 21, 28, 60, 180, 365, 730) if d <= horizon]
+            ax.set_xticks(ticks, [str(d) for d in ticks])
+            ax.set_xticks([], minor=True)
+            ax.grid(alpha=0.3)
+            if j == 0:
+                ax.set_ylabel(label)
+            if i == len(quantities) - 1:
+                ax.set_xlabel("days after infusion")
+    fig.suptitle("Sample trajectories (time axis linear to day 30, logarithmic after; "
+                 f"values below {TUMOUR_FLOOR_CELLS:g} tumour cell or "
+                 f"{IL6_FLOOR_PG_ML:g} pg/mL IL-6 not drawn)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+
+
+# -- Markdown -----------------------------------------------------------------
+
+def _md_table(headers, rows):
+    lines = ["| " + " | ".join(map(str, headers)) + " |",
+             "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _md_rates(summary, policies, outcomes):
+    rows = []
+    for arm in _ordered(summary, "arm"):
+        group = summary[summary["arm"] == arm].set_index("outcome")
+        cells = []
+        for o in outcomes:
+            if o in group.index:
+                row = group.loc[o]
+                cells.append(f"{_rate_cell(_Row(row))} ({int(row['events'])}/{int(row['n'])})")
+            else:
+                cells.append("n/a")
+        rows.append([arm, policies.get(arm, "?"), int(group["n"].iloc[0]), *cells])
+    return _md_table(["arm", "policy", "n ok", *(f"{LABELS.get(o, o)} % [95% CI] (events/n)"
+                                                 for o in outcomes)], rows)
+
+
+def _md_paired(paired, outcomes):
+    rows = []
+    for row in paired.itertuples(index=False):
+        if row.outcome not in outcomes:
+            continue
+        rows.append([row.arm, LABELS.get(row.outcome, row.outcome), row.n, row.arm_only,
+                     row.reference_only, _difference_cell(row)])
+    return _md_table(["arm", "outcome", "n (ok in both)", "arm only", "reference only",
+                      "difference, points [exact 95% CI]"], rows)
+
+
+def _quantiles(values):
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return ("n/a",) * 3
+    return tuple(f"{v:.3g}" for v in np.percentile(values, [50, 10, 90]))
+
+
+def _markdown(facts, summary, paired, strata, predictor, patients, policies, scenario,
+              written, trajectories_note):
+    outcomes_md = ("responded", "severe_crs")
+    name = facts["scenario"]
+    lines = [f"# cartcohort report: {name}", ""]
+    if scenario is not None and scenario.description:
+        lines += [scenario.description, ""]
+    lines += ["## Scenario", ""]
+    info = [("scenario", name), ("model", facts.get("model", "?"))]
+    for key in ("seed", "version", "config_sha256"):
+        if facts.get(key) is not None:
+            info.append((key.replace("_", " "), f"`{facts[key]}`" if key == "config_sha256"
+                         else facts[key]))
+    info.append(("patients", f"{facts['patients']:,} virtual patients x {facts['n_arms']} "
+                              f"arm(s) = {facts['rows']:,} rows"))
+    if facts.get("shards"):
+        info.append(("shards", facts["shards"]))
+    if scenario is not None:
+        info.append(("horizon", f"{scenario.horizon_days:g} days"))
+        o = scenario.outcomes
+        info.append(("response", f"tumour at day {o.response_day:g} <= "
+                                 f"{o.response_fraction:g} x baseline"))
+        info.append(("relapse", f"tumour back above {o.relapse_fraction:g} x baseline "
+                                f"after its minimum"))
+        info.append(("severe CRS", f"grade >= {o.severe_crs_grade}, grade = number of peak "
+                                   f"IL-6 thresholds reached "
+                                   f"({', '.join(f'{v:g}' for v in o.crs_il6_thresholds_pg_ml)}"
+                                   f" pg/mL)"))
+        for arm in scenario.arms:
+            info.append((f"arm `{arm.name}`", arm.describe()))
+    info.append(("reference arm", facts["reference"]))
+    lines += [_md_table(["", ""], info), ""]
+
+    lines += ["## Rates per arm", "",
+              "Patients whose integration succeeded (status 0); Wilson 95% intervals.", "",
+              _md_rates(summary, policies, OUTCOMES), ""]
+
+    lines += ["## Paired differences", ""]
+    if len(paired):
+        lines += [f"Each arm minus `{facts['reference']}` on the same virtual patients "
+                  "(ok in both arms); exact conditional 95% intervals (McNemar-type, from "
+                  "the discordant pairs). \"arm only\": event in the arm and not in the "
+                  "reference; \"reference only\": the reverse.", "",
+                  _md_paired(paired, OUTCOMES), ""]
+    else:
+        lines += ["Only one arm: no paired difference.", ""]
+
+    lines += ["## Adaptive predictor", ""]
+    if len(predictor):
+        def ratio(r):
+            return f"{r:.3f} (x{math.exp(r):.2f})" if math.isfinite(r) else "n/a"
+
+        rows = [[r.arm, r.n, ratio(r.median_abs_log_ratio), ratio(r.p90_abs_log_ratio),
+                 f"{_pct(r.within_2x)}%"] for r in predictor.itertuples(index=False)]
+        lines += ["Closed-form peak IL-6 prediction against the full model, "
+                  "r = |ln(predicted / simulated peak IL-6)|, patients with status ok "
+                  "(in brackets: the same as a factor).", "",
+                  _md_table(["arm", "n", "median r", "90th percentile r",
+                             "within 2x"], rows), ""]
+    else:
+        lines += ["No adaptive arm in this run (no predicted peak IL-6).", ""]
+
+    lines += ["## Doses", "", "CAR T cells per patient (all patients).", ""]
+    rows = []
+    for arm in facts["arms"]:
+        dose = patients.loc[patients["arm"] == arm, "dose_cells"].to_numpy(float)
+        rows.append([arm, policies.get(arm, "?"), *_quantiles(dose)])
+    lines += [_md_table(["arm", "policy", "median", "10th percentile", "90th percentile"],
+                        rows), ""]
+
+    lines += ["## Strata", ""]
+    if len(strata):
+        lines += [f"Rates within tertiles of `{STRATUM_COLUMN}` (baseline tumour burden, cells), "
+                  "cut at the same points for every arm; full table in "
+                  f"[{FILES['strata']}]({FILES['strata']}).", ""]
+        rows = []
+        for (stratum, arm), group in strata.groupby(["stratum", "arm"], sort=False):
+            g = group.set_index("outcome")
+            rows.append([_interval_label(stratum), arm, int(g["n"].iloc[0]),
+                         *(_rate_cell(_Row(g.loc[o])) if o in g.index else "n/a"
+                           for o in outcomes_md)])
+        lines += [_md_table(["stratum (cells)", "arm", "n ok",
+                             *(f"{LABELS[o]} % [95% CI]" for o in outcomes_md)], rows), ""]
+    else:
+        lines += ["No strata (no finite baseline tumour burden).", ""]
+
+    lines += ["## Status", "", "Integration status per arm (0 = ok; others are left out of "
+              "rates and differences).", ""]
+    names = _status_names()
+    counts = patients.groupby(["arm", "status"], sort=False).size().unstack(fill_value=0)
+    codes = sorted(int(c) for c in counts.columns)
+    headers = ["arm", *(f"{c} {names.get(c, '')}".strip() for c in codes), "total"]
+    rows = [[arm, *(int(counts.loc[arm, c]) if arm in counts.index else 0 for c in codes),
+             int(counts.loc[arm].sum()) if arm in counts.index else 0] for arm in facts["arms"]]
+    lines += [_md_table(headers, rows), ""]
+
+    lines += ["## Plots", ""]
+    captions = {"rates": "Response and severe-CRS rates with Wilson 95% intervals",
+                "adaptive_doses": "Dose distribution",
+                "il6_vs_dose": "Peak IL-6 vs dose",
+                "trajectories": "Sample trajectories"}
+    for key, caption in captions.items():
+        if key in written:
+            lines += [f"### {caption}", "", f"![{caption}]({FILES[key]})", ""]
+    if trajectories_note:
+        lines += [f"### {captions['trajectories']}", "", trajectories_note, ""]
+    lines += ["Tables: " + ", ".join(f"[{FILES[k]}]({FILES[k]})"
+                                     for k in ("summary", "paired", "strata")), ""]
+    return "\n".join(lines)
+
+
+# -- the report ---------------------------------------------------------------
+
+def build_report(run_dir):
+    """Write the report of a run into ``RUN/report/``; returns {name: path}
+    for every file written (names as in :data:`FILES`)."""
+    run = Path(run_dir)
+    patients = open_patients(run)
+    manifest = read_manifest(run)
+    scenario = _load_config(run)
+    arms = list(dict.fromkeys(patients["arm"]))
+    reference = _reference(manifest, arms)
+    policies = _policies(scenario, patients)
+    model_name = manifest.get("model") or (scenario.model if scenario is not None else None)
+
+    out = run / REPORT_DIR
+    out.mkdir(exist_ok=True)
+    paths = {key: out / name for key, name in FILES.items()}
+    written = {}
+
+    summary = arm_rates(patients, OUTCOMES)
+    paired = paired_differences(patients, reference, OUTCOMES)
+    finite = patients[np.isfinite(patients[STRATUM_COLUMN].to_numpy(float))]
+    if len(finite):
+        strata = strata_rates(finite, STRATUM_COLUMN, OUTCOMES, N_STRATA)
+    else:
+        strata = pd.DataFrame(columns=["stratum", *summary.columns])
+    for key, frame in (("summary", summary), ("paired", paired), ("strata", strata)):
+        frame.to_csv(paths[key], index=False)
+        written[key] = paths[key]
+
+    name = manifest.get("scenario") or (scenario.name if scenario is not None else run.name)
+    n_patients = int(patients["patient_id"].nunique())
+    plot_rates(summary, paths["rates"],
+               f"{name}: rates per arm ({n_patients:,} patients, status ok counted)")
+    written["rates"] = paths["rates"]
+    plot_doses(patients, policies, scenario, paths["adaptive_doses"])
+    written["adaptive_doses"] = paths["adaptive_doses"]
+    plot_il6_vs_dose(patients, scenario, paths["il6_vs_dose"])
+    written["il6_vs_dose"] = paths["il6_vs_dose"]
+
+    note = None
+    if has_trajectories(run):
+        trajectories = open_trajectories(run)
+        plot_trajectories(trajectories, _model(model_name) if model_name else None, arms,
+                          paths["trajectories"])
+        written["trajectories"] = paths["trajectories"]
+    else:
+        note = ("Not drawn: this run has no trajectories dataset (`trajectories/`); "
+                "the runner writes one only for a sample of patients when asked to.")
+        if paths["trajectories"].exists():          # a stale plot from an earlier report
+            paths["trajectories"].unlink()
+
+    shards = manifest.get("shards")
+    facts = {"scenario": name, "model": model_name or "?", "seed": manifest.get("seed"),
+             "version": manifest.get("version"),
+             "config_sha256": manifest.get("config_sha256"),
+             "patients": n_patients, "rows": len(patients), "n_arms": len(arms),
+             "arms": arms, "reference": reference,
+             "shards": (f"{sum(v == 'done' for v in shards.values())} of {len(shards)} done"
+                        if isinstance(shards, dict) and shards else None)}
+    if facts["seed"] is None and scenario is not None:
+        facts["seed"] = scenario.seed
+    predictor = predictor_error(patients)
+    text = _markdown(facts, summary, paired, strata, predictor, patients, policies, scenario,
+                     written, note)
+    paths["report"].write_text(text, encoding="utf-8")
+    written["report"] = paths["report"]
+    return {key: written[key] for key in FILES if key in written}
