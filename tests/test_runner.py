@@ -113,3 +113,17 @@ def test_resume_refuses_a_changed_config_and_a_rerun_needs_resume(config, tmp_pa
     changed.write_text(SCENARIO.replace("seed = 7", "seed = 8"))
     with pytest.raises(store.RunDirectoryError, match="another configuration"):
         store.prepare(run_dir, load_scenario(changed), resume=True)
+
+
+def test_run_with_a_bad_config_fails_before_writing(tmp_path):
+    """`cartcohort run` on a malformed scenario: one line naming the key, exit 2,
+    nothing written."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SCENARIO.replace("dose_cells = 1e8", "dose_cells = -1e8"))
+    before = set(tmp_path.iterdir())
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(bad), "--out",
+                             str(tmp_path / "out")], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "arms[0].dose_cells" in result.stderr
+    assert set(tmp_path.iterdir()) == before
