@@ -80,6 +80,22 @@ Keys (``required`` or the default; units are in the key names)
 [output]
     dir              non-empty str, default "out"; the run goes to <dir>/<scenario.name>,
                      relative to the working directory
+
+[cluster.slurm]                   optional; worker jobs of ``cartcohort run --cluster slurm``
+                                  (dask-jobqueue); the command-line flags override these
+    partition        non-empty str, default none (the cluster's default partition)
+    account          non-empty str, default none (the user's default account)
+    cores            int >= 1, default 1; CPUs booked per worker job
+    processes        int in 1..cores, default 1; single-threaded Dask worker
+                     processes per job
+    memory           str like "2GB", "512MB" or "4GiB", default "2GB"; per worker job
+    walltime         str "HH:MM:SS", default "01:00:00"; per worker job
+    jobs             int >= 1, default 2; worker jobs submitted
+    interface        non-empty str, default none; network interface of the workers and
+                     the scheduler (the cluster's fast network), e.g. "ib0"
+    job_name         non-empty str, default "cartcohort"; SLURM name of the worker jobs
+    job_extra        array of str, default []; extra ``#SBATCH`` directives, e.g.
+                     ["--qos=normal"]
 """
 import hashlib
 import json
@@ -150,6 +166,22 @@ class Output:
 
 
 @dataclass(frozen=True)
+class SlurmSettings:
+    """The ``[cluster.slurm]`` table (defaults when it is absent)."""
+
+    partition: str = None
+    account: str = None
+    cores: int = 1
+    processes: int = 1
+    memory: str = "2GB"
+    walltime: str = "01:00:00"
+    jobs: int = 2
+    interface: str = None
+    job_name: str = "cartcohort"
+    job_extra: tuple = ()
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A validated scenario. ``text`` is the file's exact text; ``sha256`` hashes
     it, together with ``overrides`` (sorted (key, value) pairs) when there are any."""
@@ -172,6 +204,7 @@ class Scenario:
     text: str
     sha256: str
     overrides: tuple = ()
+    cluster_slurm: SlurmSettings = SlurmSettings()
 
     @property
     def n_shards(self):
@@ -230,7 +263,7 @@ def _grades(v):
 
 
 _TOP = {"scenario": _Key(dict), "cohort": _Key(dict, {}), "arms": _Key([dict], ()),
-        "outcomes": _Key(dict, {}), "output": _Key(dict, {})}
+        "outcomes": _Key(dict, {}), "output": _Key(dict, {}), "cluster": _Key(dict, {})}
 _SCENARIO = {
     "name": _Key(str, check=_identifier),
     "description": _Key(str, ""),
@@ -265,6 +298,40 @@ _OUTCOMES = {
     "severe_crs_grade": _Key(int, 3, _one_of(range(1, 5))),
 }
 _OUTPUT = {"dir": _Key(str, "out", lambda v: None if v else "must not be empty")}
+
+
+def _non_empty(v):
+    return None if v else "must not be empty"
+
+
+def _matches(pattern, what):
+    return lambda v: None if re.fullmatch(pattern, v) else f"must be {what}, got {v!r}"
+
+
+_CLUSTER = {"slurm": _Key(dict, {})}
+_SLURM = {
+    "partition": _Key(str, None, _non_empty),
+    "account": _Key(str, None, _non_empty),
+    "cores": _Key(int, 1, _ge(1)),
+    "processes": _Key(int, 1, _ge(1)),
+    "memory": _Key(str, "2GB", _matches(r"\d+(\.\d+)? ?([kKMGTP]i?B|B)",
+                                        'an amount like "2GB", "512MB" or "4GiB"')),
+    "walltime": _Key(str, "01:00:00",
+                     _matches(r"\d+:[0-5]\d:[0-5]\d", 'of the form "HH:MM:SS"')),
+    "jobs": _Key(int, 2, _ge(1)),
+    "interface": _Key(str, None, _non_empty),
+    "job_name": _Key(str, "cartcohort", _non_empty),
+    "job_extra": _Key([str], ()),
+}
+
+
+def _slurm(src, table):
+    cluster = _read(src, "cluster", table, _CLUSTER)
+    slurm = _read(src, "cluster.slurm", cluster["slurm"], _SLURM)
+    if slurm["processes"] > slurm["cores"]:
+        raise ConfigError(src, "cluster.slurm.processes",
+                          f"must be <= cores ({slurm['cores']!r}), got {slurm['processes']!r}")
+    return SlurmSettings(**slurm)
 
 
 # -- reading tables -----------------------------------------------------------
@@ -448,10 +515,12 @@ def _scenario(src, data, text, overrides):
                           f"must be <= scenario.horizon_days ({scenario['horizon_days']!r}), "
                           f"got {outcomes['response_day']!r}")
     output = _read(src, "output", top["output"], _OUTPUT)
+    cluster_slurm = _slurm(src, top["cluster"])
     pairs = tuple(sorted(overrides.items()))
     return Scenario(**scenario, cohort=cohort, arms=arms, outcomes=Outcomes(**outcomes),
                     output=Output(**output), source_path=src, text=text,
-                    sha256=_digest(text, pairs), overrides=pairs)
+                    sha256=_digest(text, pairs), overrides=pairs,
+                    cluster_slurm=cluster_slurm)
 
 
 def _digest(text, overrides):

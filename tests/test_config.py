@@ -394,3 +394,110 @@ def test_validate_shipped_config(tmp_path, name):
         assert f"arm {arm.name}" in out and arm.policy in out
     assert "100000 in 10 shard(s)" in out
     assert list(tmp_path.iterdir()) == []
+
+
+# -- [cluster.slurm] ------------------------------------------------------------
+
+SLURM = """\
+[cluster.slurm]
+partition = "debug"
+account = "proj42"
+cores = 4
+processes = 2
+memory = "8GB"
+walltime = "02:30:00"
+jobs = 10
+interface = "ib0"
+job_name = "cohort-x"
+job_extra = ["--qos=normal", "--exclusive"]
+"""
+
+
+def test_cluster_slurm_defaults_when_absent():
+    from pipeline.config import SlurmSettings
+
+    settings = scenario_from_text(BASE, SOURCE).cluster_slurm
+    assert settings == SlurmSettings()
+    assert (settings.partition, settings.account, settings.interface) == (None, None, None)
+    assert (settings.cores, settings.processes, settings.jobs) == (1, 1, 2)
+    assert (settings.memory, settings.walltime) == ("2GB", "01:00:00")
+    assert settings.job_name == "cartcohort" and settings.job_extra == ()
+    assert scenario_from_text(BASE + "\n[cluster.slurm]\n", SOURCE).cluster_slurm == settings
+
+
+def test_cluster_slurm_table():
+    settings = scenario_from_text(BASE + "\n" + SLURM, SOURCE).cluster_slurm
+    assert settings.partition == "debug" and settings.account == "proj42"
+    assert (settings.cores, settings.processes, settings.jobs) == (4, 2, 10)
+    assert (settings.memory, settings.walltime) == ("8GB", "02:30:00")
+    assert settings.interface == "ib0" and settings.job_name == "cohort-x"
+    assert settings.job_extra == ("--qos=normal", "--exclusive")
+    with pytest.raises(Exception):                   # frozen
+        settings.jobs = 3
+
+
+SLURM_MALFORMED = [
+    ("unknown cluster table", add("[cluster.pbs]\nqueue = \"q\"\n"), "cluster.pbs"),
+    ("unknown slurm key", add("[cluster.slurm]\nqueue = \"debug\"\n"), "cluster.slurm.queue"),
+    ("cluster.slurm not a table", add("[cluster]\nslurm = 3\n"), "cluster.slurm"),
+    ("zero cores", add("[cluster.slurm]\ncores = 0\n"), "cluster.slurm.cores"),
+    ("float jobs", add("[cluster.slurm]\njobs = 2.0\n"), "cluster.slurm.jobs"),
+    ("zero jobs", add("[cluster.slurm]\njobs = 0\n"), "cluster.slurm.jobs"),
+    ("processes above cores", add("[cluster.slurm]\ncores = 2\nprocesses = 3\n"),
+     "cluster.slurm.processes"),
+    ("memory without unit", add("[cluster.slurm]\nmemory = \"2\"\n"), "cluster.slurm.memory"),
+    ("memory a number", add("[cluster.slurm]\nmemory = 2\n"), "cluster.slurm.memory"),
+    ("walltime in minutes", add("[cluster.slurm]\nwalltime = \"90\"\n"),
+     "cluster.slurm.walltime"),
+    ("walltime with 60 minutes", add("[cluster.slurm]\nwalltime = \"01:60:00\"\n"),
+     "cluster.slurm.walltime"),
+    ("empty partition", add("[cluster.slurm]\npartition = \"\"\n"), "cluster.slurm.partition"),
+    ("job_extra not an array", add("[cluster.slurm]\njob_extra = \"--qos=x\"\n"),
+     "cluster.slurm.job_extra"),
+    ("job_extra of numbers", add("[cluster.slurm]\njob_extra = [\"--qos=x\", 1]\n"),
+     "cluster.slurm.job_extra[1]"),
+    ("boolean interface", add("[cluster.slurm]\ninterface = true\n"), "cluster.slurm.interface"),
+]
+
+
+@pytest.mark.parametrize("description, mutate, key", SLURM_MALFORMED,
+                         ids=[case[0] for case in SLURM_MALFORMED])
+def test_malformed_cluster_slurm_names_the_key(description, mutate, key):
+    with pytest.raises(ConfigError) as caught:
+        scenario_from_text(mutate(BASE), SOURCE)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{SOURCE}: {key}: "), message
+    assert len(message) > len(f"{SOURCE}: {key}: ")
+
+
+def test_cluster_slurm_messages():
+    def error(extra):
+        with pytest.raises(ConfigError) as caught:
+            scenario_from_text(BASE + "\n" + extra, SOURCE)
+        return str(caught.value)
+
+    assert error("[cluster.slurm]\nqueue = \"q\"\n") == (
+        "bad.toml: cluster.slurm.queue: unknown key; allowed keys: partition, account, "
+        "cores, processes, memory, walltime, jobs, interface, job_name, job_extra")
+    assert error("[cluster.slurm]\ncores = 2\nprocesses = 3\n") == (
+        "bad.toml: cluster.slurm.processes: must be <= cores (2), got 3")
+    assert error("[cluster.slurm]\nwalltime = \"1:00\"\n") == (
+        "bad.toml: cluster.slurm.walltime: must be of the form \"HH:MM:SS\", got '1:00'")
+
+
+def test_cluster_slurm_settings_with_command_line_flags():
+    """The flags of `cartcohort run` replace the table's values; absent ones keep them."""
+    import argparse
+
+    from pipeline.clusters import slurm_settings
+
+    scenario = scenario_from_text(BASE + "\n" + SLURM, SOURCE)
+    flags = dict(partition=None, account=None, cores=None, memory="1GB", walltime=None,
+                 jobs=3, interface="lo", job_name=None, job_extra=["--comment=x"])
+    settings = slurm_settings(scenario, argparse.Namespace(**flags))
+    assert (settings.partition, settings.cores, settings.processes) == ("debug", 4, 2)
+    assert (settings.memory, settings.jobs, settings.interface) == ("1GB", 3, "lo")
+    assert settings.job_extra == ("--comment=x",) and settings.walltime == "02:30:00"
+    with pytest.raises(ValueError, match="--cores 1"):
+        slurm_settings(scenario, argparse.Namespace(**{**flags, "cores": 1}))
