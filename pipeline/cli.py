@@ -5,6 +5,9 @@
     cartcohort run CONFIG [--out DIR] [--patients N] [--shard-size N] [--seed S]
                    [--workers N] [--resume] [--no-report]
                                       run a scenario on a local Dask cluster
+                   [--cluster local|slurm|scheduler-file] [SLURM flags]
+    cartcohort run-shards CONFIG --out DIR --shards A:B   shards without Dask (array task)
+    cartcohort finalize CONFIG --out DIR                  manifest and report after an array
     cartcohort validate CONFIG        check a scenario file and summarise it
     cartcohort report RUN             write a run's report (tables, Markdown, plots)
     cartcohort query RUN "SQL"        run SQL over a run's results (views patients,
@@ -95,7 +98,48 @@ def build_parser():
                      help="finish an interrupted run: compute only missing shards (the "
                           "configuration must be unchanged)")
     run.add_argument("--no-report", action="store_true", help="skip the report")
+    where = run.add_argument_group(
+        "where to run", "local (default): a LocalCluster on this machine; slurm: "
+        "dask-jobqueue SLURMCluster worker jobs, configured by the scenario's "
+        "[cluster.slurm] table and these flags; scheduler-file: connect to a "
+        "cluster started inside an allocation (slurm/cohort.sbatch)")
+    where.add_argument("--cluster", choices=("local", "slurm", "scheduler-file"),
+                       default="local")
+    where.add_argument("--scheduler-file", metavar="F", default=None,
+                       help="the Dask scheduler file (with --cluster scheduler-file)")
+    for flag, kind, text in (("--partition", str, "SLURM partition (queue)"),
+                             ("--account", str, "SLURM account"),
+                             ("--cores", _positive_int, "cores per worker job"),
+                             ("--memory", str, "memory per worker job, e.g. 4GB"),
+                             ("--walltime", str, "wall time per worker job, HH:MM:SS"),
+                             ("--jobs", _positive_int, "number of worker jobs"),
+                             ("--interface", str, "network interface of workers and "
+                                                  "scheduler (the cluster's fast network)"),
+                             ("--job-name", str, "SLURM job name of the worker jobs")):
+        where.add_argument(flag, type=kind, default=None, help=text)
+    where.add_argument("--job-extra", action="append", default=None, metavar="DIRECTIVE",
+                       help="extra #SBATCH directive for worker jobs (repeatable)")
     run.set_defaults(handler=cmd_run)
+
+    shards = commands.add_parser(
+        "run-shards", help="compute a range of shards without Dask (a SLURM array task)",
+        description="Compute shards [START, STOP) of a scenario into RUN and write "
+                    "their files, without Dask: one task of slurm/array.sbatch. Shards "
+                    "already written are kept. Finish with `cartcohort finalize`.")
+    shards.add_argument("config", metavar="CONFIG", help="scenario file (TOML)")
+    shards.add_argument("--out", metavar="DIR", required=True, help="run directory")
+    shards.add_argument("--shards", metavar="START:STOP", required=True,
+                        help="half-open range of shard indices")
+    shards.set_defaults(handler=cmd_run_shards)
+
+    finalize = commands.add_parser(
+        "finalize", help="check a run's shards, write its manifest and report",
+        description="After the array tasks: check that every shard of RUN is written "
+                    "(exit 2 naming the missing ones otherwise), record them in the "
+                    "manifest, write the report and print the per-arm table.")
+    finalize.add_argument("config", metavar="CONFIG", help="scenario file (TOML)")
+    finalize.add_argument("--out", metavar="DIR", required=True, help="run directory")
+    finalize.set_defaults(handler=cmd_finalize)
 
     validate = commands.add_parser(
         "validate", help="check a scenario file and summarise it",
@@ -248,6 +292,7 @@ def cmd_validate(args, out):
 
 
 def cmd_run(args, out):
+    from pipeline import clusters
     from pipeline.config import load_scenario, with_overrides
     from pipeline.runner import run
 
@@ -255,11 +300,32 @@ def cmd_run(args, out):
                               shard_size=args.shard_size, seed=args.seed)
     print(f"running {scenario.name}: {scenario.patients:,} patients x {len(scenario.arms)} "
           f"arms in {scenario.n_shards} shard(s)", file=sys.stderr)
-    run_dir = run(scenario, args.out, workers=args.workers, resume=args.resume)
+    with clusters.client_for(args.cluster, scenario, args) as client:
+        run_dir = run(scenario, args.out, client=client, workers=args.workers,
+                      resume=args.resume)
     print(f"dataset: {run_dir / 'patients'}", file=sys.stderr)
     if args.no_report:
         return 0
     args.run = run_dir
+    return cmd_report(args, out)
+
+
+def cmd_run_shards(args, out):
+    from pipeline import batch
+    from pipeline.config import load_scenario
+
+    start, _, stop = args.shards.partition(":")
+    if not (start.isdigit() and stop.isdigit() and int(start) < int(stop)):
+        raise ValueError(f"--shards: expected START:STOP with START < STOP, got {args.shards!r}")
+    batch.run_shards(load_scenario(args.config), args.out, int(start), int(stop))
+    return 0
+
+
+def cmd_finalize(args, out):
+    from pipeline import batch
+    from pipeline.config import load_scenario
+
+    args.run = batch.finalize(load_scenario(args.config), args.out)
     return cmd_report(args, out)
 
 

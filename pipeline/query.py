@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline import store
+
 PATIENTS = "patients"
 TRAJECTORIES = "trajectories"
 _PARTS = "arm=*/part-*.parquet"
@@ -50,7 +52,7 @@ def _require_patients(run):
 
 def read_manifest(run_dir):
     """The run's ``_manifest.json`` as a dict; ``{}`` when the run has none."""
-    path = _run_path(run_dir) / "_manifest.json"
+    path = _run_path(run_dir) / store.MANIFEST
     if not path.is_file():
         return {}
     try:
@@ -69,7 +71,7 @@ def _config_arms(run):
     except ModuleNotFoundError:           # Python 3.10
         import tomli as tomllib
     try:
-        data = tomllib.loads((run / "config.toml").read_text(encoding="utf-8"))
+        data = tomllib.loads((run / store.CONFIG).read_text(encoding="utf-8"))
         return [str(arm["name"]) for arm in data.get("arms", [])]
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
         return []

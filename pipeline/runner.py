@@ -41,7 +41,7 @@ def local_client(workers=None):
 
     n = workers or len(os.sched_getaffinity(0))
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                           dashboard_address=None, host="127.0.0.1")
+                           dashboard_address=":0", host="127.0.0.1")
     return Client(cluster)
 
 
@@ -73,6 +73,7 @@ def run(scenario, run_dir=None, *, client=None, workers=None, resume=False, stre
             store.write_manifest(run_dir, scenario, done)
             _progress(computed, len(pending), started, scenario.shard_size, stream)
         stream.write("\n")
+        store.remove_temporaries(run_dir)   # from workers lost mid-write
     finally:
         if own_client:
             cluster = client.cluster

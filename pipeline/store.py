@@ -85,6 +85,12 @@ def read_manifest(run_dir):
         raise RunDirectoryError(f"{run_dir}: not a cartcohort run (no {MANIFEST})") from None
 
 
+def remove_temporaries(run_dir):
+    """Delete the temporary files a killed writer left (never read as data)."""
+    for stale in Path(run_dir).rglob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def prepare(run_dir, scenario, resume):
     """Create a new run directory, or check that a resumed one holds this very
     scenario. Returns the shards already done."""
@@ -102,8 +108,7 @@ def prepare(run_dir, scenario, resume):
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise RunDirectoryError(f"{run_dir}: exists and is not a cartcohort run")
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.rglob(".*.tmp"):      # left by a killed writer
-        stale.unlink()
+    remove_temporaries(run_dir)
     _replace_atomically(run_dir / CONFIG, lambda tmp: tmp.write_text(scenario.text))
     done = {s for s in range(scenario.n_shards) if shard_done(run_dir, scenario, s)}
     write_manifest(run_dir, scenario, done)

@@ -1,5 +1,8 @@
-"""Shared fixtures for the kernel tests: models and random virtual patients."""
+"""Shared fixtures: models and random virtual patients for the kernel tests, and
+``slurm_cluster``, a SLURM node that takes jobs, for the tests of real SLURM jobs."""
 import os
+import shutil
+import subprocess
 from dataclasses import dataclass
 
 # The determinism tests compare one thread with two; give Numba two threads even
@@ -75,3 +78,51 @@ def predator_prey_cytokine():
 def cart_patients():
     """``cart_patients(n, seed)`` -> :class:`Cohort` (see :func:`sample_cart_patients`)."""
     return sample_cart_patients
+
+
+# -- SLURM ----------------------------------------------------------------------
+#
+# The SLURM tests submit real jobs. They are skipped only where ``sbatch`` is
+# absent and ``CI`` is unset. Under CI (``.ci/run`` brings the cluster up) they
+# must run. Where ``sbatch`` exists but no node takes jobs, the fixture starts the
+# local single-node cluster itself (slurm/local-cluster.sh up) and stops it after
+# the session; if it cannot, the tests fail with the reason.
+
+IN_CI = bool(os.environ.get("CI"))
+LOCAL_CLUSTER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "slurm", "local-cluster.sh")
+USABLE_STATES = {"idle", "mix", "alloc", "comp"}
+
+
+def _node_states():
+    try:
+        return subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True,
+                              text=True, timeout=60).stdout.split()
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+
+
+def _local_cluster(action):
+    return subprocess.run(["bash", LOCAL_CLUSTER, action], capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A SLURM node that takes jobs (see above); use it with
+    ``pytestmark = pytest.mark.usefixtures("slurm_cluster")``."""
+    if shutil.which("sbatch") is None:
+        if IN_CI:
+            pytest.fail("CI is set but sbatch is not installed: run slurm/local-cluster.sh up")
+        pytest.skip("sbatch is not installed (slurm/local-cluster.sh up installs a local SLURM)")
+    started = False
+    if not set(_node_states()) & USABLE_STATES:
+        result = _local_cluster("up")
+        if result.returncode != 0 or not set(_node_states()) & USABLE_STATES:
+            output = (result.stderr or result.stdout).strip().splitlines()
+            reason = output[-1] if output else f"exit status {result.returncode}"
+            pytest.fail(f"no usable SLURM node, and slurm/local-cluster.sh up failed: {reason}")
+        started = True
+    yield
+    if started:
+        _local_cluster("down")

@@ -8,34 +8,13 @@ import sys
 import time
 
 import pandas as pd
-import pyarrow.dataset as ds
 import pytest
 
 from pipeline import store
 from pipeline.config import load_scenario
+from small_run import SCENARIO, patients
 from pipeline.runner import _shard_task, run
 
-SCENARIO = """
-[scenario]
-name = "small"
-model = "cart"
-seed = 7
-patients = 600
-shard_size = 100
-horizon_days = 365.0
-
-[[arms]]
-name = "fixed"
-policy = "fixed"
-dose_cells = 1e8
-
-[[arms]]
-name = "adaptive"
-policy = "adaptive"
-target_il6_pg_ml = 1000.0
-min_dose_cells = 1e7
-max_dose_cells = 1e9
-"""
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +22,6 @@ def config(tmp_path_factory):
     path = tmp_path_factory.mktemp("config") / "small.toml"
     path.write_text(SCENARIO)
     return path
-
-
-def patients(run_dir):
-    """All patient rows, in a canonical order, with the arm from the partition."""
-    table = ds.dataset(run_dir / "patients", format="parquet", partitioning="hive").to_table()
-    frame = table.to_pandas()
-    frame["arm"] = frame["arm"].astype(str)
-    return frame.sort_values(["arm", "patient_id"]).reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")

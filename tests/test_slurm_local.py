@@ -3,42 +3,22 @@
 Under CI (``CI`` set; ``.ci/run`` brings the cluster up) these tests must run: a
 missing ``sbatch`` or an unusable cluster fails them. Elsewhere they are skipped
 when ``sbatch`` is missing or no node takes jobs, with the command to start one,
-so ``make test`` stays green on a workstation where SLURM is installed but down.
+so ``make test`` stays green on a workstation where SLURM is installed but down
+(the ``slurm_cluster`` fixture of tests/conftest.py).
 """
-import os
 import re
-import shutil
 import subprocess
 
 import pytest
 
-IN_CI = bool(os.environ.get("CI"))
 TIMEOUT_S = 60  # every subprocess; a job here takes seconds (sbatch --wait notices late)
+
+pytestmark = pytest.mark.usefixtures("slurm_cluster")   # tests/conftest.py
+
 
 def _run(*args, check=False):
     return subprocess.run(list(args), capture_output=True, text=True, timeout=TIMEOUT_S,
                           check=check)
-
-
-def _unusable(reason):
-    """Fail under CI, skip elsewhere."""
-    message = f"{reason}: run slurm/local-cluster.sh up"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def slurm_cluster():
-    """A SLURM node that takes jobs (see the module docstring for CI)."""
-    if shutil.which("sbatch") is None:
-        _unusable("sbatch is not installed")
-    try:
-        states = _run("sinfo", "-h", "-N", "-o", "%t").stdout.split()
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        _unusable(f"sinfo failed ({exc})")
-    if not set(states) & {"idle", "mix", "alloc", "comp"}:
-        _unusable(f"no usable SLURM node (sinfo states: {states or 'none'})")
 
 
 def _script(path, body):
