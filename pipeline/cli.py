@@ -23,6 +23,8 @@ import os
 import sys
 import time
 
+from pipeline.tables import text_table
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, with errors reported as a single line (no usage block)."""
@@ -176,15 +178,6 @@ def build_parser():
     return parser
 
 
-def _table(headers, rows):
-    """Left-aligned text columns."""
-    cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def _variants(factory):
     """The factory's default model, then one per boolean option switched on
     (``predator_prey`` -> model() and model(cytokine=True))."""
@@ -204,10 +197,10 @@ def cmd_models(args, out):
             model = factory(**options)
             call = ", ".join(f"{k}={v!r}" for k, v in options.items())
             title = f"{model.name}  [get_model({key!r}{', ' + call if call else ''})]"
-            states = _table(("state", "unit", "initial", "description"),
+            states = text_table(("state", "unit", "initial", "description"),
                             [(s.name, s.unit, f"{s.typical_initial:g}", s.description)
                              for s in model.states])
-            params = _table(("parameter", "unit", "typical", "sd_log", "source"),
+            params = text_table(("parameter", "unit", "typical", "sd_log", "source"),
                             [(p.name, p.unit, f"{p.typical:g}", f"{p.sd_log:g}", p.source)
                              for p in model.parameters])
             blocks.append(f"{title}\n{model.description}\n\n{states}\n\n{params}")
@@ -365,7 +358,7 @@ def cmd_query(args, out):
         result.to_csv(out, index=False)
     elif len(result.columns):
         rows = [[_cell(v) for v in row] for row in result.itertuples(index=False, name=None)]
-        print(_table(result.columns, rows), file=out)
+        print(text_table(result.columns, rows), file=out)
     print(f"({len(result)} row{'s' if len(result) != 1 else ''})", file=sys.stderr)
     return 0
 

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.aggregate import CONFIDENCE, arm_rates, paired_differences, strata_rates
+from pipeline.tables import text_table
 from pipeline.query import has_trajectories, open_patients, open_trajectories, read_manifest
 
 OUTCOMES = ("responded", "severe_crs", "relapsed")
@@ -106,40 +107,27 @@ def _difference_cell(row, digits=2):
             f"[{_pct(row.lower, digits, True)}, {_pct(row.upper, digits, True)}]")
 
 
-def _text_table(headers, rows):
-    """Left-aligned text columns (as ``cartcohort``'s other tables)."""
-    cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
 def _ordered(frame, column):
     return list(dict.fromkeys(frame[column])) if len(frame) else []
 
 
-def _rate_rows(summary):
-    """One row per arm: arm, n, then a rate cell per outcome."""
-    outcomes = _ordered(summary, "outcome")
+def _arm_rows(table, cell):
+    """One row per arm: arm, n, then ``cell(row)`` per outcome ("n/a" if absent)."""
+    outcomes = _ordered(table, "outcome")
     rows = []
-    for arm in _ordered(summary, "arm"):
-        group = summary[summary["arm"] == arm].set_index("outcome")
-        cells = [_rate_cell(_Row(group.loc[o])) if o in group.index else "n/a"
-                 for o in outcomes]
+    for arm in _ordered(table, "arm"):
+        group = table[table["arm"] == arm].set_index("outcome")
+        cells = [cell(_Row(group.loc[o])) if o in group.index else "n/a" for o in outcomes]
         rows.append([arm, int(group["n"].iloc[0]), *cells])
     return outcomes, rows
+
+
+def _rate_rows(summary):
+    return _arm_rows(summary, _rate_cell)
 
 
 def _difference_rows(paired):
-    outcomes = _ordered(paired, "outcome")
-    rows = []
-    for arm in _ordered(paired, "arm"):
-        group = paired[paired["arm"] == arm].set_index("outcome")
-        cells = [_difference_cell(_Row(group.loc[o])) if o in group.index else "n/a"
-                 for o in outcomes]
-        rows.append([arm, int(group["n"].iloc[0]), *cells])
-    return outcomes, rows
+    return _arm_rows(paired, _difference_cell)
 
 
 class _Row:
@@ -164,13 +152,13 @@ def format_arm_table(summary, paired=None, confidence=CONFIDENCE):
         return "no patient with status ok: no rates"
     outcomes, rows = _rate_rows(summary)
     lines = [f"rates per arm, % [Wilson {level} interval], patients with status ok:",
-             _text_table(["arm", "n", *(LABELS.get(o, o) for o in outcomes)], rows)]
+             text_table(["arm", "n", *(LABELS.get(o, o) for o in outcomes)], rows)]
     if paired is not None and len(paired):
         reference = paired["reference"].iloc[0]
         outcomes, rows = _difference_rows(paired)
         lines += ["", f"paired differences vs {reference}, percentage points "
                       f"[exact {level} interval], patients ok in both arms:",
-                  _text_table(["arm", "n", *(LABELS.get(o, o) for o in outcomes)], rows)]
+                  text_table(["arm", "n", *(LABELS.get(o, o) for o in outcomes)], rows)]
     elif paired is not None:
         lines += ["", "paired differences: no other arm to compare"]
     return "\n".join(lines)
