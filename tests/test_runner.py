@@ -12,24 +12,20 @@ import pytest
 
 from pipeline import store
 from pipeline.config import load_scenario
-from small_run import SCENARIO, patients
+from small_run import SCENARIO, local_reference, patients, write_config
 from pipeline.runner import _shard_task, run
 
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
-    path = tmp_path_factory.mktemp("config") / "small.toml"
-    path.write_text(SCENARIO)
-    return path
+    return write_config(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def reference(config, tmp_path_factory):
     """An uninterrupted run on two worker processes."""
-    run_dir = tmp_path_factory.mktemp("runs") / "two_workers"
-    run(load_scenario(config), run_dir, workers=2)
-    return patients(run_dir)
+    return local_reference(config, tmp_path_factory, workers=2)
 
 
 def test_one_and_two_workers_and_any_order_give_identical_data(config, reference, tmp_path):

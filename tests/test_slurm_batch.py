@@ -19,9 +19,7 @@ import pandas as pd
 import pytest
 
 from pipeline import store
-from pipeline.config import load_scenario
-from pipeline.runner import run
-from small_run import SCENARIO, patients
+from small_run import SCENARIO, local_reference, patients, write_config
 
 pytestmark = pytest.mark.usefixtures("slurm_cluster")   # tests/conftest.py
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,9 +29,7 @@ COMPILE_TIMEOUT_S = 300
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory):
-    path = tmp_path_factory.mktemp("config") / "small.toml"
-    path.write_text(SCENARIO)
-    return path
+    return write_config(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +57,7 @@ def job_env(tmp_path_factory, config, base_env):
 
 @pytest.fixture(scope="module")
 def reference(config, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("runs") / "local"
-    run(load_scenario(config), run_dir, workers=2)
-    return patients(run_dir)
+    return local_reference(config, tmp_path_factory, workers=2)
 
 
 def _job_id(sbatch_stdout):

@@ -14,8 +14,8 @@ import pytest
 
 from pipeline import store
 from pipeline.config import load_scenario
-from small_run import SCENARIO, patients
-from pipeline.runner import run
+from small_run import (SCENARIO, local_reference, patients, wait_for_first_shard,
+                       write_config)
 
 pytestmark = pytest.mark.usefixtures("slurm_cluster")
 
@@ -33,11 +33,8 @@ LONGER = SCENARIO.replace("patients = 600", "patients = 3000").replace(
 
 def _config_and_reference(text, tmp_path_factory):
     """A scenario file and the data of a local run of it (a LocalCluster of one worker)."""
-    path = tmp_path_factory.mktemp("config") / "small.toml"
-    path.write_text(text)
-    run_dir = tmp_path_factory.mktemp("runs") / "local"
-    run(load_scenario(path), run_dir, workers=1)
-    return path, patients(run_dir)
+    path = write_config(tmp_path_factory, text)
+    return path, local_reference(path, tmp_path_factory, workers=1)
 
 
 @pytest.fixture(scope="module")
@@ -127,11 +124,7 @@ def test_a_cancelled_worker_job_loses_and_duplicates_no_shard(longer, tmp_path):
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while time.monotonic() < deadline and process.poll() is None:
-            if list((run_dir / "patients").glob("arm=*/*.parquet")):
-                break
-            time.sleep(0.05)
+        wait_for_first_shard(run_dir, process, RUN_TIMEOUT_S)
         assert process.poll() is None, "the run ended before any shard was seen"
         running = jobs_named(name)
         assert len(running) == 2, running
@@ -165,11 +158,7 @@ def test_ctrl_c_cancels_the_worker_jobs(longer, tmp_path):
     process = subprocess.Popen(cartcohort_run(config, run_dir, name), cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while time.monotonic() < deadline and process.poll() is None:
-            if list((run_dir / "patients").glob("arm=*/*.parquet")):
-                break
-            time.sleep(0.05)
+        wait_for_first_shard(run_dir, process, RUN_TIMEOUT_S)
         assert process.poll() is None, "the run ended before any shard was seen"
         assert len(jobs_named(name)) == 2
         process.send_signal(signal.SIGINT)
