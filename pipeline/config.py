@@ -58,6 +58,12 @@ Keys (``required`` or the default; units are in the key names)
     name             str, required, unique; letters, digits, ``_`` and ``-``
     policy           str, required: fixed, adaptive or oracle
     debulking_factor number in (0, 1], default 1.0 (none); baseline tumour is multiplied by it
+    parameter_set    str, default none; a named set of typical values of the model
+                     (``kernels.models``: e.g. costim's "cd28" and "41bb")
+    parameters       table {parameter = number >= 0}, default {}; typical values for
+                     this arm, over the cohort's (and the parameter set's). Every
+                     patient keeps its own deviation: its value in the arm is the
+                     arm's typical value x (its cohort value / the cohort's typical)
   policy "fixed", exactly one of:
     dose_cells       number > 0; CAR T cells infused
     dose_cells_per_kg number > 0; CAR T cells per kg of body weight
@@ -76,6 +82,16 @@ Keys (``required`` or the default; units are in the key names)
                      [100.0, 500.0, 2000.0, 5000.0]; CRS grade = how many of them
                      peak IL-6 reaches (0..4)
     severe_crs_grade int in 1..4, default 3; severe CRS is grade >= this
+
+[report]                          optional; extra report sections
+    waterfall        table, optional: the response gap between two arms split into
+                     the contributions of single changes (a waterfall plot)
+      baseline       str, required: the arm the changes start from
+      full           str, required: the arm with every change
+      steps          array of >= 1 distinct arm names, required: each arm is
+                     ``baseline`` with one change; contribution = its response rate
+                     minus the baseline's, and the interaction remainder = the gap
+                     minus their sum
 
 [output]
     dir              non-empty str, default "out"; the run goes to <dir>/<scenario.name>,
@@ -137,6 +153,14 @@ class Arm:
     target_il6_pg_ml: float = None
     min_dose_cells: float = None
     max_dose_cells: float = None
+    parameter_set: str = None
+    parameters: tuple = ()          # ((name, typical value), ...), in the file's order
+
+    def typical_values(self, model):
+        """{parameter: typical value} this arm sets: its parameter set, then
+        its own ``parameters`` over it."""
+        values = model.parameter_set(self.parameter_set) if self.parameter_set else {}
+        return {**values, **dict(self.parameters)}
 
     def describe(self):
         """One line for people: 'fixed: 1e+08 cells', 'adaptive: peak IL-6 target ...'."""
@@ -148,6 +172,10 @@ class Arm:
                     f"doses {self.min_dose_cells:.3g}-{self.max_dose_cells:.3g} cells")
         if self.debulking_factor != 1.0:
             dose += f", debulking x{self.debulking_factor:g}"
+        if self.parameter_set:
+            dose += f", parameter set {self.parameter_set}"
+        if self.parameters:
+            dose += ", " + ", ".join(f"{name} = {value:g}" for name, value in self.parameters)
         return f"{self.policy}: {dose}"
 
 
@@ -163,6 +191,18 @@ class Outcomes:
 @dataclass(frozen=True)
 class Output:
     dir: str
+
+
+@dataclass(frozen=True)
+class Waterfall:
+    baseline: str
+    full: str
+    steps: tuple
+
+
+@dataclass(frozen=True)
+class Report:
+    waterfall: Waterfall = None
 
 
 @dataclass(frozen=True)
@@ -205,6 +245,7 @@ class Scenario:
     sha256: str
     overrides: tuple = ()
     cluster_slurm: SlurmSettings = SlurmSettings()
+    report: Report = Report()
 
     @property
     def n_shards(self):
@@ -263,7 +304,8 @@ def _grades(v):
 
 
 _TOP = {"scenario": _Key(dict), "cohort": _Key(dict, {}), "arms": _Key([dict], ()),
-        "outcomes": _Key(dict, {}), "output": _Key(dict, {}), "cluster": _Key(dict, {})}
+        "outcomes": _Key(dict, {}), "output": _Key(dict, {}), "cluster": _Key(dict, {}),
+        "report": _Key(dict, {})}
 _SCENARIO = {
     "name": _Key(str, check=_identifier),
     "description": _Key(str, ""),
@@ -282,7 +324,9 @@ _PARAMETER = {"typical": _Key(float, None, _gt(0)), "sd_log": _Key(float, None, 
 _CORRELATION = {"parameters": _Key([str]), "matrix": _Key([[float]])}
 _ARM = {"name": _Key(str, check=_identifier),
         "policy": _Key(str, check=_one_of(POLICIES)),
-        "debulking_factor": _Key(float, 1.0, _within(0, 1, True))}
+        "debulking_factor": _Key(float, 1.0, _within(0, 1, True)),
+        "parameter_set": _Key(str, None),
+        "parameters": _Key(dict, {})}
 _TARGETED = {"target_il6_pg_ml": _Key(float, check=_gt(0)),
              "min_dose_cells": _Key(float, check=_gt(0)),
              "max_dose_cells": _Key(float, check=_gt(0))}
@@ -476,7 +520,20 @@ def _correlation(src, table, model):
     return names, matrix
 
 
-def _arms(src, raws):
+def _arm_parameters(src, path, values, model):
+    """An arm's ``parameter_set`` and ``parameters`` checked against the model."""
+    if values["parameter_set"] is not None and values["parameter_set"] not in model.parameter_sets:
+        sets = ", ".join(sorted(model.parameter_sets)) or "none"
+        raise ConfigError(src, f"{path}.parameter_set",
+                          f"model {model.name!r} has no parameter set "
+                          f"{values['parameter_set']!r}; its sets: {sets}")
+    given = _read(src, f"{path}.parameters", values["parameters"],
+                  {name: _Key(float, None, _ge(0)) for name in model.parameter_names},
+                  unknown=f"not a parameter of model {model.name!r}")
+    values["parameters"] = tuple((name, given[name]) for name in values["parameters"])
+
+
+def _arms(src, raws, model):
     if not raws:
         raise ConfigError(src, "arms", "at least one [[arms]] table is required")
     arms, seen = [], {}
@@ -484,8 +541,10 @@ def _arms(src, raws):
         path = f"arms[{i}]"
         policy = _read(src, path, {k: v for k, v in raw.items() if k == "policy"},
                        {"policy": _ARM["policy"]})["policy"]
-        arm = Arm(**_read(src, path, raw, {**_ARM, **_POLICY_KEYS[policy]},
-                          unknown=f"unknown key for policy {policy!r}"))
+        values = _read(src, path, raw, {**_ARM, **_POLICY_KEYS[policy]},
+                       unknown=f"unknown key for policy {policy!r}")
+        _arm_parameters(src, path, values, model)
+        arm = Arm(**values)
         if policy == "fixed" and (arm.dose_cells is None) == (arm.dose_cells_per_kg is None):
             raise ConfigError(src, f"{path}.dose_cells",
                               "a fixed arm needs exactly one of dose_cells and "
@@ -508,7 +567,7 @@ def _scenario(src, data, text, overrides):
     scenario = _read(src, "scenario", {**top["scenario"], **overrides}, _SCENARIO)
     model = get_model(scenario["model"])
     cohort = _cohort(src, top["cohort"], model)
-    arms = _arms(src, top["arms"])
+    arms = _arms(src, top["arms"], model)
     outcomes = _read(src, "outcomes", top["outcomes"], _OUTCOMES)
     if outcomes["response_day"] > scenario["horizon_days"]:
         raise ConfigError(src, "outcomes.response_day",
@@ -516,11 +575,40 @@ def _scenario(src, data, text, overrides):
                           f"got {outcomes['response_day']!r}")
     output = _read(src, "output", top["output"], _OUTPUT)
     cluster_slurm = _slurm(src, top["cluster"])
+    report = _report(src, top["report"], arms)
     pairs = tuple(sorted(overrides.items()))
     return Scenario(**scenario, cohort=cohort, arms=arms, outcomes=Outcomes(**outcomes),
                     output=Output(**output), source_path=src, text=text,
                     sha256=_digest(text, pairs), overrides=pairs,
-                    cluster_slurm=cluster_slurm)
+                    cluster_slurm=cluster_slurm, report=report)
+
+
+_REPORT = {"waterfall": _Key(dict, None)}
+_WATERFALL = {"baseline": _Key(str), "full": _Key(str), "steps": _Key([str])}
+
+
+def _report(src, table, arms):
+    given = _read(src, "report", table, _REPORT)
+    if given["waterfall"] is None:
+        return Report()
+    path = "report.waterfall"
+    waterfall = _read(src, path, given["waterfall"], _WATERFALL)
+    names = [arm.name for arm in arms]
+
+    def check_arm(key, name):
+        if name not in names:
+            raise ConfigError(src, key, f"{name!r} is not an arm; arms are {', '.join(names)}")
+
+    check_arm(f"{path}.baseline", waterfall["baseline"])
+    check_arm(f"{path}.full", waterfall["full"])
+    if not waterfall["steps"]:
+        raise ConfigError(src, f"{path}.steps", "needs at least one arm")
+    for i, name in enumerate(waterfall["steps"]):
+        check_arm(f"{path}.steps[{i}]", name)
+        if name in waterfall["steps"][:i] or name in (waterfall["baseline"], waterfall["full"]):
+            raise ConfigError(src, f"{path}.steps[{i}]",
+                              f"{name!r} is listed twice (or is the baseline or full arm)")
+    return Report(Waterfall(**waterfall))
 
 
 def _digest(text, overrides):

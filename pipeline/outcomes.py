@@ -42,15 +42,25 @@ _FEATURES = (
 FEATURE_COLUMNS = tuple(name for name, _, _ in _FEATURES)
 
 
+def _model_features(model, outcomes, horizon_days):
+    """[(column, feature, counts cells)]: the standard ones, then the model's own."""
+    standard = [(name, make(model, outcomes, horizon_days), cells)
+                for name, make, cells in _FEATURES]
+    extra = model.extra_features(outcomes, horizon_days) if model.extra_features else []
+    return standard + list(extra)
+
+
 def kernel_features(model, outcomes, horizon_days):
-    """The kernel features, in :data:`FEATURE_COLUMNS` order, for a model's roles."""
-    return [make(model, outcomes, horizon_days) for _, make, _ in _FEATURES]
+    """The kernel features: :data:`FEATURE_COLUMNS` order, then the model's
+    ``extra_features``."""
+    return [feature for _, feature, _ in _model_features(model, outcomes, horizon_days)]
 
 
-def feature_columns(model, features):
+def feature_columns(model, features, outcomes, horizon_days):
     """Kernel feature array [N, F] -> {column: values}, cell counts in cells."""
+    specs = _model_features(model, outcomes, horizon_days)
     return {name: features[:, j] * (model.cells_per_unit if cells else 1.0)
-            for j, (name, _, cells) in enumerate(_FEATURES)}
+            for j, (name, _, cells) in enumerate(specs)}
 
 
 def crs_grade(il6_peak_pg_ml, thresholds_pg_ml):

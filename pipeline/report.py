@@ -22,7 +22,10 @@
     rates with their intervals; the dose distribution of the adaptive and oracle
     arms (every arm's when there are none); peak IL-6 against dose (at most
     20,000 points); sample trajectories of tumour and IL-6 per arm (only when the
-    run has a trajectories dataset; the report says so otherwise).
+    run has a trajectories dataset; the report says so otherwise);
+sections that apply to the run (:mod:`pipeline.sections`)
+    with their own tables and plots, e.g. response by decile of the efficacy
+    ratio and of the CAR T AUC (``efficacy_deciles.csv``, ``efficacy_exposure.png``).
 
 :func:`format_arm_table` gives the plain-text per-arm table (rates with
 intervals, then the paired differences) that ``cartcohort run`` and
@@ -39,6 +42,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.aggregate import CONFIDENCE, arm_rates, paired_differences, strata_rates
+from pipeline.figures import DPI, colours, md_table, pyplot
+from pipeline.sections import write_sections
 from pipeline.tables import text_table
 from pipeline.query import has_trajectories, open_patients, open_trajectories, read_manifest
 
@@ -52,7 +57,6 @@ REPORT_DIR = "report"
 FILES = {"summary": "summary.csv", "paired": "paired.csv", "strata": "strata.csv",
          "report": "report.md", "rates": "rates.png", "adaptive_doses": "adaptive_doses.png",
          "il6_vs_dose": "il6_vs_dose.png", "trajectories": "trajectories.png"}
-_DPI = 120
 
 
 # -- tables -------------------------------------------------------------------
@@ -237,21 +241,8 @@ def _model(name):
 
 # -- plots --------------------------------------------------------------------
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _colours(arms):
-    from matplotlib import colormaps
-    cmap = colormaps["tab10"]
-    return {arm: cmap(i % 10) for i, arm in enumerate(arms)}
-
-
 def plot_rates(summary, path, title):
-    plt = _pyplot()
+    plt = pyplot()
     arms = _ordered(summary, "arm")
     shown = [o for o in ("responded", "severe_crs") if o in set(summary["outcome"])]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(arms) + 2.5), 4.8))
@@ -279,16 +270,16 @@ def plot_rates(summary, path, title):
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=len(shown), fontsize=9,
               frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
 def plot_doses(patients, policies, scenario, path):
     """Histogram of log10 dose for the adaptive and oracle arms, with each fixed
     arm's dose as a dashed line; every arm's histogram when none is adaptive."""
-    plt = _pyplot()
+    plt = pyplot()
     arms = list(dict.fromkeys(patients["arm"]))
-    colours = _colours(arms)
+    colour = colours(arms)
     chosen = [a for a in arms if policies.get(a) in ("adaptive", "oracle")]
     others = [a for a in arms if a not in chosen]
     histogram = chosen or arms
@@ -309,13 +300,13 @@ def plot_doses(patients, policies, scenario, path):
                 continue
             label = (f"{arm} ({policies.get(arm, '?')}): median {10 ** np.median(d):.3g} "
                      f"cells, n={d.size}")
-            ax.hist(d, bins=bins, color=colours[arm], alpha=0.35, label=label)
-            ax.hist(d, bins=bins, color=colours[arm], histtype="step", linewidth=1.4)
+            ax.hist(d, bins=bins, color=colour[arm], alpha=0.35, label=label)
+            ax.hist(d, bins=bins, color=colour[arm], histtype="step", linewidth=1.4)
         if chosen:
             for arm in others:
                 d = logdose[arm]
                 if d.size and np.ptp(d) < 1e-9:
-                    ax.axvline(d[0], color=colours[arm], linestyle="--", linewidth=1.4,
+                    ax.axvline(d[0], color=colour[arm], linestyle="--", linewidth=1.4,
                                label=f"{arm} ({policies.get(arm, '?')}): {10 ** d[0]:.3g} cells")
         if scenario is not None:
             bounds = {(a.min_dose_cells, a.max_dose_cells) for a in scenario.arms
@@ -334,16 +325,16 @@ def plot_doses(patients, policies, scenario, path):
     ax.set_title(f"Dose distribution: {what}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
 def plot_il6_vs_dose(patients, scenario, path, max_points=MAX_SCATTER_POINTS, seed=0):
     """Peak IL-6 against dose, log-log, one colour per arm, patients with status
     ok; at most ``max_points`` points, split evenly between the arms."""
-    plt = _pyplot()
+    plt = pyplot()
     arms = list(dict.fromkeys(patients["arm"]))
-    colours = _colours(arms)
+    colour = colours(arms)
     dose = patients["dose_cells"].to_numpy(float)
     il6 = patients["il6_peak_pg_ml"].to_numpy(float)
     ok = ((patients["status"].to_numpy() == 0) & np.isfinite(dose) & np.isfinite(il6)
@@ -359,7 +350,7 @@ def plot_il6_vs_dose(patients, scenario, path, max_points=MAX_SCATTER_POINTS, se
             index = np.sort(rng.choice(index, per_arm, replace=False))
         shown += index.size
         if index.size:
-            ax.scatter(dose[index], il6[index], s=5, alpha=0.35, color=colours[arm],
+            ax.scatter(dose[index], il6[index], s=5, alpha=0.35, color=colour[arm],
                        edgecolors="none", label=f"{arm} ({index.size} shown)", rasterized=True)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -379,7 +370,7 @@ def plot_il6_vs_dose(patients, scenario, path, max_points=MAX_SCATTER_POINTS, se
     if shown:
         ax.legend(fontsize=8, markerscale=3, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
@@ -413,7 +404,7 @@ def plot_trajectories(trajectories, model, arms, path,
                       per_arm=MAX_TRAJECTORIES_PER_ARM):
     """Tumour and IL-6 against time for up to ``per_arm`` sampled patients per
     arm (the same patients in every arm where possible, one colour each)."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib import colormaps
 
     quantities = _trajectory_quantities(model, trajectories.columns)
@@ -457,18 +448,11 @@ def plot_trajectories(trajectories, model, arms, path,
                  f"values below {TUMOUR_FLOOR_CELLS:g} tumour cell or "
                  f"{IL6_FLOOR_PG_ML:g} pg/mL IL-6 not drawn)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 
 # -- Markdown -----------------------------------------------------------------
-
-def _md_table(headers, rows):
-    lines = ["| " + " | ".join(map(str, headers)) + " |",
-             "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
 
 def _md_rates(summary, policies, outcomes):
     rows = []
@@ -482,7 +466,7 @@ def _md_rates(summary, policies, outcomes):
             else:
                 cells.append("n/a")
         rows.append([arm, policies.get(arm, "?"), int(group["n"].iloc[0]), *cells])
-    return _md_table(["arm", "policy", "n ok", *(f"{LABELS.get(o, o)} % [95% CI] (events/n)"
+    return md_table(["arm", "policy", "n ok", *(f"{LABELS.get(o, o)} % [95% CI] (events/n)"
                                                  for o in outcomes)], rows)
 
 
@@ -493,7 +477,7 @@ def _md_paired(paired, outcomes):
             continue
         rows.append([row.arm, LABELS.get(row.outcome, row.outcome), row.n, row.arm_only,
                      row.reference_only, _difference_cell(row)])
-    return _md_table(["arm", "outcome", "n (ok in both)", "arm only", "reference only",
+    return md_table(["arm", "outcome", "n (ok in both)", "arm only", "reference only",
                       "difference, points [exact 95% CI]"], rows)
 
 
@@ -505,7 +489,7 @@ def _quantiles(values):
 
 
 def _markdown(facts, summary, paired, strata, predictor, patients, policies, scenario,
-              written, trajectories_note):
+              written, trajectories_note, sections):
     outcomes_md = ("responded", "severe_crs")
     name = facts["scenario"]
     lines = [f"# cartcohort report: {name}", ""]
@@ -535,7 +519,7 @@ def _markdown(facts, summary, paired, strata, predictor, patients, policies, sce
         for arm in scenario.arms:
             info.append((f"arm `{arm.name}`", arm.describe()))
     info.append(("reference arm", facts["reference"]))
-    lines += [_md_table(["", ""], info), ""]
+    lines += [md_table(["", ""], info), ""]
 
     lines += ["## Rates per arm", "",
               "Patients whose integration succeeded (status 0); Wilson 95% intervals.", "",
@@ -561,7 +545,7 @@ def _markdown(facts, summary, paired, strata, predictor, patients, policies, sce
         lines += ["Closed-form peak IL-6 prediction against the full model, "
                   "r = |ln(predicted / simulated peak IL-6)|, patients with status ok "
                   "(in brackets: the same as a factor).", "",
-                  _md_table(["arm", "n", "median r", "90th percentile r",
+                  md_table(["arm", "n", "median r", "90th percentile r",
                              "within 2x"], rows), ""]
     else:
         lines += ["No adaptive arm in this run (no predicted peak IL-6).", ""]
@@ -571,7 +555,7 @@ def _markdown(facts, summary, paired, strata, predictor, patients, policies, sce
     for arm in facts["arms"]:
         dose = patients.loc[patients["arm"] == arm, "dose_cells"].to_numpy(float)
         rows.append([arm, policies.get(arm, "?"), *_quantiles(dose)])
-    lines += [_md_table(["arm", "policy", "median", "10th percentile", "90th percentile"],
+    lines += [md_table(["arm", "policy", "median", "10th percentile", "90th percentile"],
                         rows), ""]
 
     lines += ["## Strata", ""]
@@ -585,10 +569,13 @@ def _markdown(facts, summary, paired, strata, predictor, patients, policies, sce
             rows.append([_interval_label(stratum), arm, int(g["n"].iloc[0]),
                          *(_rate_cell(_Row(g.loc[o])) if o in g.index else "n/a"
                            for o in outcomes_md)])
-        lines += [_md_table(["stratum (cells)", "arm", "n ok",
+        lines += [md_table(["stratum (cells)", "arm", "n ok",
                              *(f"{LABELS[o]} % [95% CI]" for o in outcomes_md)], rows), ""]
     else:
         lines += ["No strata (no finite baseline tumour burden).", ""]
+
+    for section in sections:
+        lines += [f"## {section.title}", "", section.markdown, ""]
 
     lines += ["## Status", "", "Integration status per arm (0 = ok; others are left out of "
               "rates and differences).", ""]
@@ -598,7 +585,7 @@ def _markdown(facts, summary, paired, strata, predictor, patients, policies, sce
     headers = ["arm", *(f"{c} {names.get(c, '')}".strip() for c in codes), "total"]
     rows = [[arm, *(int(counts.loc[arm, c]) if arm in counts.index else 0 for c in codes),
              int(counts.loc[arm].sum()) if arm in counts.index else 0] for arm in facts["arms"]]
-    lines += [_md_table(headers, rows), ""]
+    lines += [md_table(headers, rows), ""]
 
     lines += ["## Plots", ""]
     captions = {"rates": "Response and severe-CRS rates with Wilson 95% intervals",
@@ -678,8 +665,12 @@ def build_report(run_dir):
     if facts["seed"] is None and scenario is not None:
         facts["seed"] = scenario.seed
     predictor = predictor_error(patients)
+    sections = write_sections(patients, scenario, out)
     text = _markdown(facts, summary, paired, strata, predictor, patients, policies, scenario,
-                     written, note)
+                     written, note, sections)
     paths["report"].write_text(text, encoding="utf-8")
     written["report"] = paths["report"]
-    return {key: written[key] for key in FILES if key in written}
+    files = {key: written[key] for key in FILES if key in written}
+    for section in sections:
+        files.update(section.files)
+    return files

@@ -18,27 +18,58 @@ TRAJECTORY_PATIENTS = 2
 TRAJECTORY_STEP_DAYS = 1.0
 
 
-def _initial_states(model, tumour0_cells, n):
-    y0 = np.tile(model.typical_initial_state(), (n, 1))
-    y0[:, model.state_index(model.roles["tumour"][0])] = tumour0_cells / model.cells_per_unit
-    return y0
+def arm_parameters(model, scenario, arm, params):
+    """The patients' parameters [N, P] in an arm: for every typical value the
+    arm sets (its ``parameter_set`` and ``parameters``), each patient's value
+    scaled by arm typical / cohort typical, so that it keeps its own deviation
+    from the typical patient (common random numbers across arms). A parameter
+    whose cohort typical value is 0 (a switch that is off) takes the arm's value."""
+    values = arm.typical_values(model)
+    if not values:
+        return params
+    params = params.copy()
+    cohort = {d.name: d.typical for d in scenario.cohort.parameters}
+    for name, typical in values.items():
+        j = model.parameter_index(name)
+        if cohort[name] == 0.0:
+            params[:, j] = typical
+        else:
+            params[:, j] *= typical / cohort[name]
+    return params
 
 
-def arm_doses(model, scenario, arm, shard, y0):
+def tumour_at_infusion(model, y0):
+    """The tumour at infusion (cells): the sum of the tumour states of y0."""
+    states = [model.state_index(name) for name in model.roles["tumour"]]
+    return y0[:, states].sum(axis=1) * model.cells_per_unit
+
+
+def arm_doses(model, scenario, arm, shard, y0, params):
     """Cells per patient under the arm's policy, and the adaptive predictor's
     peak IL-6 (NaN for other policies)."""
     predicted = np.full(len(shard), np.nan)
-    tumour0 = y0[:, model.state_index(model.roles["tumour"][0])] * model.cells_per_unit
+    tumour0 = tumour_at_infusion(model, y0)
     if arm.policy == "fixed":
         dose = policies.fixed_dose(arm, shard.covariates["weight_kg"])
     elif arm.policy == "adaptive":
-        clearance = shard.params[:, model.parameter_index("c")]
+        clearance = params[:, model.parameter_index("c")]
         dose = policies.adaptive_dose(model, arm, tumour0, clearance)
         predicted = policies.predicted_peak_il6(model, dose, tumour0, clearance)
     else:
-        dose = policies.oracle_dose(model, arm, y0, shard.params, scenario.horizon_days,
+        dose = policies.oracle_dose(model, arm, y0, params, scenario.horizon_days,
                                     scenario.rtol, scenario.atol)
     return dose, predicted
+
+
+def _model_columns(model, params, dose, tumour0, columns):
+    """Columns every run has (effector-to-target ratio) and those the model
+    defines (initial efficacy ratio, its extra outcomes)."""
+    extra = {"effector_to_target": dose / tumour0}
+    if model.efficacy_ratio is not None:
+        extra["efficacy_ratio"] = model.efficacy_ratio(params, dose / model.cells_per_unit)
+    if model.extra_outcomes is not None:
+        extra.update(model.extra_outcomes(columns, params))
+    return extra
 
 
 def _solve(model, scenario, y0, params, dose, **options):
@@ -63,35 +94,44 @@ def run_shard(scenario, shard_index):
         **shard.covariates,
         **{f"param_{name}": shard.params[:, j] for j, name in enumerate(model.parameter_names)},
     }
+    # parameters any arm changes: every arm's table has them (one schema)
+    all_arm_parameters = list(dict.fromkeys(
+        name for arm in scenario.arms for name in arm.typical_values(model)))
     tables = {}
     for arm in scenario.arms:
-        tumour0 = policies.tumour_at_infusion(arm, shard.covariates["tumour_burden_cells"])
-        y0 = _initial_states(model, tumour0, n)
-        dose, predicted = arm_doses(model, scenario, arm, shard, y0)
-        solution = _solve(model, scenario, y0, shard.params, dose, features=features)
-        columns = outcomes.feature_columns(model, solution.features)
+        params = arm_parameters(model, scenario, arm, shard.params)
+        burden = policies.tumour_at_infusion(arm, shard.covariates["tumour_burden_cells"])
+        y0 = model.initial_states(burden / model.cells_per_unit, params)
+        tumour0 = tumour_at_infusion(model, y0)
+        dose, predicted = arm_doses(model, scenario, arm, shard, y0, params)
+        solution = _solve(model, scenario, y0, params, dose, features=features)
+        columns = outcomes.feature_columns(model, solution.features, scenario.outcomes,
+                                           scenario.horizon_days)
         result = outcomes.outcome_columns(columns, tumour0, scenario.outcomes)
         patients = pa.table({
             **baseline,
+            **({f"arm_param_{name}": params[:, model.parameter_index(name)]
+                for name in all_arm_parameters}),
             "debulking_factor": np.full(n, arm.debulking_factor),
             "tumor0_cells": tumour0,
             "dose_cells": dose,
             "il6_peak_predicted_pg_ml": predicted,
             **columns, **result,
+            **_model_columns(model, params, dose, tumour0, columns),
             "status": solution.status,
             "n_steps": solution.n_steps,
         })
-        tables[arm.name] = (patients, _trajectories(model, scenario, y0, shard, dose))
+        tables[arm.name] = (patients, _trajectories(model, scenario, y0, params, shard, dose))
     return tables
 
 
-def _trajectories(model, scenario, y0, shard, dose):
+def _trajectories(model, scenario, y0, params, shard, dose):
     """Daily states of the shard's first TRAJECTORY_PATIENTS patients."""
     k = min(TRAJECTORY_PATIENTS, len(shard))
     times = np.arange(0.0, scenario.horizon_days + 0.5 * TRAJECTORY_STEP_DAYS,
                       TRAJECTORY_STEP_DAYS)
     times = times[times <= scenario.horizon_days]
-    saved = _solve(model, scenario, y0[:k], shard.params[:k], dose[:k], save_at=times).saved
+    saved = _solve(model, scenario, y0[:k], params[:k], dose[:k], save_at=times).saved
     return pa.table({
         "patient_id": np.repeat(shard.patient_ids[:k], times.size),
         "shard": np.full(k * times.size, shard.index, np.int32),

@@ -18,7 +18,7 @@ the expansion and cytokine ranges of ``science/REFERENCES.md`` (Stein et al. 201
 Teachey et al. 2016); the cohort calibration against the trial outcome bands is
 the scenario's job (``configs/default.toml``).
 """
-from kernels.models.base import Model, Parameter, State, rhs_kernel
+from kernels.models.base import Model, Parameter, State, kill_over_growth, rhs_kernel
 
 _DESIGN = "DESIGN.md s3 (starting point for calibration)"
 
@@ -69,4 +69,5 @@ def rhs(n, t, y, p, dydt):
 def model():
     return Model("cart", "reference CAR T model: tumour, effector/memory/exhausted CAR T, IL-6",
                  STATES, PARAMETERS, rhs,
-                 roles={"tumour": ("T",), "car_t": ("E", "M", "X"), "il6": ("I",), "infusion": ("E",)})
+                 roles={"tumour": ("T",), "car_t": ("E", "M", "X"), "il6": ("I",), "infusion": ("E",)},
+                 efficacy_ratio=kill_over_growth(PARAMETERS))

@@ -20,7 +20,7 @@ reference ``cart`` model's scales (DESIGN.md section 3), not fitted values.
 """
 import math
 
-from kernels.models.base import Model, Parameter, State, rhs_kernel
+from kernels.models.base import Model, Parameter, State, kill_over_growth, rhs_kernel
 
 _ILLUSTRATIVE = "illustrative, on the scale of DESIGN.md s3's cart model"
 
@@ -64,7 +64,7 @@ def model(cytokine=False):
     if cytokine:
         roles["il6"] = ("I",)
     return Model(name, "tumour-effector predator-prey with mass-action kill", states, parameters,
-                 rhs, roles=roles)
+                 rhs, roles=roles, efficacy_ratio=kill_over_growth(parameters))
 
 
 def efficacy_condition(k, E0, r):
