@@ -63,7 +63,8 @@ def arm_doses(model, scenario, arm, shard, y0, params):
 
 def _model_columns(model, params, dose, tumour0, columns):
     """Columns every run has (effector-to-target ratio) and those the model
-    defines (initial efficacy ratio, its extra outcomes)."""
+    defines (initial efficacy ratio, its extra outcomes from the feature and
+    outcome ``columns``)."""
     extra = {"effector_to_target": dose / tumour0}
     if model.efficacy_ratio is not None:
         extra["efficacy_ratio"] = model.efficacy_ratio(params, dose / model.cells_per_unit)
@@ -117,7 +118,7 @@ def run_shard(scenario, shard_index):
             "dose_cells": dose,
             "il6_peak_predicted_pg_ml": predicted,
             **columns, **result,
-            **_model_columns(model, params, dose, tumour0, columns),
+            **_model_columns(model, params, dose, tumour0, {**columns, **result}),
             "status": solution.status,
             "n_steps": solution.n_steps,
         })

@@ -91,7 +91,8 @@ class Model:
         standard ones; ``outcomes`` is any object with the scenario's outcome
         settings (``response_day``, ...);
     ``extra_outcomes(columns, params[N, P]) -> {column: values}``
-        outcome columns derived from all feature columns (cells in cells).
+        outcome columns derived from the feature and standard outcome columns
+        (``pipeline.outcomes``: ``responded``, ``relapsed``, ...; cells in cells).
     """
 
     name: str
