@@ -67,7 +67,8 @@ Keys (``required`` or the default; units are in the key names)
   policy "fixed", exactly one of:
     dose_cells       number > 0; CAR T cells infused
     dose_cells_per_kg number > 0; CAR T cells per kg of body weight
-  policies "adaptive" and "oracle", all required:
+  policies "adaptive" (cart-like models only: its predictor reads the cart
+  model's parameters) and "oracle" (any model with IL-6), all required:
     target_il6_pg_ml number > 0; peak IL-6 safety target, pg/mL
     min_dose_cells   number > 0; smallest dose, cells
     max_dose_cells   number >= min_dose_cells; largest dose, cells
@@ -129,6 +130,7 @@ except ModuleNotFoundError:           # Python 3.10
 
 from kernels.models import MODELS, get_model
 from pipeline.cohort import CohortSpec, Covariate, CovariateEffect, ParameterDistribution
+from pipeline.policies import ADAPTIVE_PARAMETERS
 
 POLICIES = ("fixed", "adaptive", "oracle")
 COVARIATES = {"tumour_burden_cells": (1e10, 1.0),   # (median, sd_log) defaults
@@ -533,6 +535,18 @@ def _arm_parameters(src, path, values, model):
     values["parameters"] = tuple((name, given[name]) for name in values["parameters"])
 
 
+def _policy_fits_model(src, path, policy, model):
+    """The adaptive predictor is the cart model's; the oracle needs IL-6."""
+    missing = [p for p in ADAPTIVE_PARAMETERS if p not in model.parameter_names]
+    if policy == "adaptive" and missing:
+        raise ConfigError(src, f"{path}.policy", f"the adaptive policy's predictor needs "
+                                                 f"parameters {', '.join(missing)}, which "
+                                                 f"model {model.name!r} lacks")
+    if policy in ("adaptive", "oracle") and "il6" not in model.roles:
+        raise ConfigError(src, f"{path}.policy", f"policy {policy!r} targets peak IL-6, "
+                                                 f"which model {model.name!r} lacks")
+
+
 def _arms(src, raws, model):
     if not raws:
         raise ConfigError(src, "arms", "at least one [[arms]] table is required")
@@ -544,6 +558,7 @@ def _arms(src, raws, model):
         values = _read(src, path, raw, {**_ARM, **_POLICY_KEYS[policy]},
                        unknown=f"unknown key for policy {policy!r}")
         _arm_parameters(src, path, values, model)
+        _policy_fits_model(src, path, policy, model)
         arm = Arm(**values)
         if policy == "fixed" and (arm.dose_cells is None) == (arm.dose_cells_per_kg is None):
             raise ConfigError(src, f"{path}.dose_cells",

@@ -40,6 +40,9 @@ from kernels.dopri5 import Doses, solve
 from kernels import features as kf
 
 ORACLE_BISECTION_STEPS = 20   # on log(dose): 2**-20 of the log dose range
+# the cart-model parameters the adaptive predictor reads (a model without them
+# cannot use the adaptive policy; the oracle needs only an IL-6 quantity)
+ADAPTIVE_PARAMETERS = ("k", "Kk", "Ks", "a", "dE", "gx", "m", "s", "c")
 
 
 def tumour_at_infusion(arm, tumour_burden_cells):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kernels.models import get_model
@@ -161,6 +162,26 @@ MALFORMED = [
     ("effect without exponent",
      add('[[cohort.effects]]\nparameter = "k"\ncovariate = "weight_kg"\nreference = 75.0\n'),
      "cohort.effects[0].exponent"),
+    ("arm parameter unknown", rep("dose_cells = 1e8", "dose_cells = 1e8\nparameters = {zz = 1.0}"),
+     "arms[0].parameters.zz"),
+    ("arm parameter negative", rep("dose_cells = 1e8", "dose_cells = 1e8\nparameters = {k = -0.1}"),
+     "arms[0].parameters.k"),
+    ("arm parameters not a table", rep("dose_cells = 1e8", "dose_cells = 1e8\nparameters = 1.0"),
+     "arms[0].parameters"),
+    ("arm parameter set unknown", rep("dose_cells = 1e8", 'dose_cells = 1e8\nparameter_set = "cd28"'),
+     "arms[0].parameter_set"),
+    ("adaptive policy on a model without its parameters",
+     rep('model = "cart"', 'model = "predator_prey"'), "arms[1].policy"),
+    ("waterfall arm unknown", add('[report.waterfall]\nbaseline = "fixed"\nfull = "adaptive"\n'
+                                  'steps = ["zz"]\n'), "report.waterfall.steps[0]"),
+    ("waterfall baseline unknown", add('[report.waterfall]\nbaseline = "zz"\nfull = "adaptive"\n'
+                                       'steps = ["fixed"]\n'), "report.waterfall.baseline"),
+    ("waterfall step is the baseline", add('[report.waterfall]\nbaseline = "fixed"\n'
+                                           'full = "adaptive"\nsteps = ["fixed"]\n'),
+     "report.waterfall.steps[0]"),
+    ("waterfall without steps", add('[report.waterfall]\nbaseline = "fixed"\nfull = "adaptive"\n'
+                                    'steps = []\n'), "report.waterfall.steps"),
+    ("unknown key in report", add("[report]\nwaterfal = 1\n"), "report.waterfal"),
     ("response_day beyond horizon", add("[outcomes]\nresponse_day = 400.0\n"),
      "outcomes.response_day"),
     ("response_fraction 1", add("[outcomes]\nresponse_fraction = 1.0\n"),
@@ -501,3 +522,48 @@ def test_cluster_slurm_settings_with_command_line_flags():
     assert settings.job_extra == ("--comment=x",) and settings.walltime == "02:30:00"
     with pytest.raises(ValueError, match="--cores 1"):
         slurm_settings(scenario, argparse.Namespace(**{**flags, "cores": 1}))
+
+
+ARM_PARAMETERS = """\
+[scenario]
+name = "t"
+model = "cart"
+seed = 3
+patients = 50
+horizon_days = 30.0
+
+[cohort.parameters.k]
+typical = 0.2
+sd_log = 0.5
+
+[[arms]]
+name = "reference"
+policy = "fixed"
+dose_cells = 1e8
+
+[[arms]]
+name = "stronger"
+policy = "fixed"
+dose_cells = 1e8
+parameters = {k = 0.4, a = 0.0}
+"""
+
+
+def test_arm_parameters_set_typical_values_and_keep_each_patients_deviation():
+    from pipeline.cohort import sample_shard
+    from pipeline.shard import arm_parameters
+
+    scenario = scenario_from_text(ARM_PARAMETERS)
+    model = get_model("cart")
+    reference, stronger = scenario.arms
+    assert stronger.parameters == (("k", 0.4), ("a", 0.0))
+    assert stronger.describe() == "fixed: 1e+08 cells, k = 0.4, a = 0"
+    shard = sample_shard(scenario.cohort, scenario.seed, 0, 50, 50)
+    assert arm_parameters(model, scenario, reference, shard.params) is shard.params
+    changed = arm_parameters(model, scenario, stronger, shard.params)
+    k, a = model.parameter_index("k"), model.parameter_index("a")
+    assert np.allclose(changed[:, k], shard.params[:, k] * 2.0, rtol=1e-15)
+    assert np.all(changed[:, a] == 0.0)
+    untouched = [j for j in range(len(model.parameters)) if j not in (k, a)]
+    assert np.array_equal(changed[:, untouched], shard.params[:, untouched])
+    assert np.std(np.log(changed[:, k])) > 0.3          # the spread is kept
