@@ -24,9 +24,10 @@ Problem = namedtuple("Problem", [
     "dose_times", "dose_states", "dose_amounts",
     "tracker_kinds", "tracker_weights", "tracker_args", "tracker_states",
     "output_trackers", "output_times", "max_steps",
+    "event_kinds", "event_weights", "event_args", "event_params", "event_actions", "event_values",
 ])
 
-Outputs = namedtuple("Outputs", ["features", "saved", "status", "n_steps"])
+Outputs = namedtuple("Outputs", ["features", "saved", "status", "n_steps", "event_times"])
 
 Block = namedtuple("Block", [
     # patient state
@@ -43,11 +44,13 @@ Block = namedtuple("Block", [
     # flat views of the state rows for fused passes over every (state, lane)
     "y_flat", "y_new_flat", "y_stage_flat", "K_flat", "h_flat", "atol_flat", "err_flat",
     "integral_flat", "integral",
+    # events: the time each is pending at (landing), the time it fired (NaN: not yet)
+    "e_pending", "e_fired",
 ])
 
 
 @nb.njit(**jit_options(allocates=True))
-def allocate_block(n_states, n_params, n_features, atol):
+def allocate_block(n_states, n_params, n_features, n_events, atol):
     L = LANES
     SL = n_states * L
     y, y_new, y_stage, integral = np.zeros(SL), np.zeros(SL), np.zeros(SL), np.zeros(SL)
@@ -68,6 +71,7 @@ def allocate_block(n_states, n_params, n_features, atol):
         np.zeros(4), np.zeros(n_states),
         y, y_new, y_stage, K, np.zeros(SL), atol_flat, np.zeros(SL),
         integral, integral.reshape((n_states, L)),
+        np.full((n_events, L), np.nan), np.full((n_events, L), np.nan),
     )
 
 
@@ -92,6 +96,9 @@ def move_lane(B, src, dst):
         B.K[0, s, dst] = B.K[0, s, src]
     for i in range(B.p.shape[0]):
         B.p[i, dst] = B.p[i, src]
+    for e in range(B.e_fired.shape[0]):
+        B.e_pending[e, dst] = B.e_pending[e, src]
+        B.e_fired[e, dst] = B.e_fired[e, src]
     for f in range(B.f_value.shape[0]):
         B.f_value[f, dst] = B.f_value[f, src]
         B.f_time[f, dst] = B.f_time[f, src]

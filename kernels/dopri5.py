@@ -31,6 +31,7 @@ from numba import types
 from kernels.block import LANES, Outputs, Problem, allocate_block
 from kernels.cache import compile_cached
 from kernels.controller import restart_lanes
+from kernels.events import compile_events, events_pass
 from kernels.features import compile_features, features_vector_pass
 from kernels.jit import jit_options
 from kernels.lanes import finish_lane, start_lane, step_event, turnover
@@ -58,10 +59,13 @@ def _run_block(rhs, P, out, B, begin, end):
         else:
             n += 1
     has_features = P.tracker_kinds.shape[0] > 0
+    has_events = P.event_kinds.shape[0] > 0
     while n > 0:
         if _any(B.restart, n):
             restart_lanes(rhs, P, B, n)
         trial_step(rhs, P, B, n)
+        if has_events:
+            events_pass(P, B, n)
         if has_features:
             features_vector_pass(P, B, n)
         for l in range(n):
@@ -77,17 +81,20 @@ def _driver_template(cache_key):
 
     def solve_all(rhs, y0, params, t0, t1, rtol, atol, save_at, dose_times, dose_states,
                   dose_amounts, tracker_kinds, tracker_weights, tracker_args, tracker_states,
-                  output_trackers, output_times, max_steps, chunk, features, saved, status,
-                  n_steps):
+                  output_trackers, output_times, max_steps, event_kinds, event_weights,
+                  event_args, event_params, event_actions, event_values, chunk, features, saved,
+                  status, n_steps, event_times):
         cache_key  # noqa: B018 -- part of Numba's cache index
         P = Problem(y0, params, t0, t1, rtol, atol, save_at, dose_times, dose_states,
                     dose_amounts, tracker_kinds, tracker_weights, tracker_args, tracker_states,
-                    output_trackers, output_times, max_steps)
-        out = Outputs(features, saved, status, n_steps)
+                    output_trackers, output_times, max_steps, event_kinds, event_weights,
+                    event_args, event_params, event_actions, event_values)
+        out = Outputs(features, saved, status, n_steps, event_times)
         n_patients = y0.shape[0]
         n_chunks = (n_patients + chunk - 1) // chunk
         for c in nb.prange(n_chunks):
-            B = allocate_block(y0.shape[1], params.shape[1], tracker_kinds.shape[0], atol)
+            B = allocate_block(y0.shape[1], params.shape[1], tracker_kinds.shape[0],
+                               event_kinds.shape[0], atol)
             _run_block(rhs, P, out, B, c * chunk, min(n_patients, (c + 1) * chunk))
 
     return solve_all
@@ -98,7 +105,8 @@ _i8_1d = types.int64[::1]
 _SOLVE_SIGNATURE = types.void(
     RHS_TYPE, _f8_2d, _f8_2d, types.float64, types.float64, types.float64, _f8_1d, _f8_1d,
     _f8_1d, _i8_1d, _f8_2d, _i8_1d, _f8_2d, _f8_1d, _i8_1d, _i8_1d, types.boolean[::1],
-    types.int64, types.int64, _f8_2d, _f8_3d, types.int8[::1], _i8_1d)
+    types.int64, _i8_1d, _f8_2d, _f8_1d, _i8_1d, _i8_1d, _f8_1d,
+    types.int64, _f8_2d, _f8_3d, types.int8[::1], _i8_1d, _f8_2d)
 
 
 @functools.cache
@@ -127,12 +135,14 @@ class Doses:
 @dataclass(frozen=True)
 class Solution:
     """``features[N, F]``, ``saved[N, K, S]`` (NaN where not reached),
-    ``status[N]`` (int8, :mod:`kernels.status`), ``n_steps[N]`` accepted steps."""
+    ``status[N]`` (int8, :mod:`kernels.status`), ``n_steps[N]`` accepted steps,
+    ``event_times[N, E]`` when each event fired (NaN: never)."""
 
     features: np.ndarray
     saved: np.ndarray
     status: np.ndarray
     n_steps: np.ndarray
+    event_times: np.ndarray
 
 
 def _as_rows(name, values, rows, cols):
@@ -165,7 +175,7 @@ def _doses(model, doses, n_patients, t0):
 
 
 def solve(model, y0, params, t0, t1, *, rtol=1e-6, atol=1e-9, save_at=(), doses=None,
-          features=(), max_steps=100_000, threads=None):
+          features=(), events=(), max_steps=100_000, threads=None):
     """Integrate N patients of ``model`` from t0 to t1, each with its own adaptive step.
 
     Parameters
@@ -178,6 +188,7 @@ def solve(model, y0, params, t0, t1, *, rtol=1e-6, atol=1e-9, save_at=(), doses=
     save_at : float[K]             sorted times in [t0, t1] at which to store the state
     doses : Doses or None          per-patient amounts at shared times
     features : sequence of kernels.features.Feature, computed inside the step loop
+    events : sequence of kernels.events.Event, parameter changes at a time or a crossing
     max_steps : int                most attempted steps per patient (status MAX_STEPS beyond)
     threads : int or None          Numba threads (default: Numba's current setting)
 
@@ -205,6 +216,7 @@ def solve(model, y0, params, t0, t1, *, rtol=1e-6, atol=1e-9, save_at=(), doses=
         raise ValueError("save_at must be sorted and lie in [t0, t1]")
     dose_times, dose_states, dose_amounts = _doses(model, doses, n_patients, t0)
     compiled = compile_features(tuple(features), model.state_names)
+    events = compile_events(tuple(events), model)
     if max_steps < 1:
         raise ValueError("max_steps must be >= 1")
 
@@ -212,6 +224,7 @@ def solve(model, y0, params, t0, t1, *, rtol=1e-6, atol=1e-9, save_at=(), doses=
     saved = np.full((n_patients, save_at.size, n_states), np.nan)
     status = np.zeros(n_patients, np.int8)
     n_steps = np.zeros(n_patients, np.int64)
+    event_times = np.full((n_patients, events.kinds.size), np.nan)
     previous = nb.get_num_threads()
     n_threads = previous if threads is None else int(threads)
     # a few chunks per thread balance the load; results do not depend on chunking
@@ -221,8 +234,9 @@ def solve(model, y0, params, t0, t1, *, rtol=1e-6, atol=1e-9, save_at=(), doses=
         kernel()(model.rhs, y0, params, t0, t1, rtol, atol, save_at, dose_times, dose_states,
                dose_amounts, compiled.tracker_kinds, compiled.tracker_weights,
                compiled.tracker_args, compiled.tracker_states, compiled.output_trackers,
-               compiled.output_times, int(max_steps), chunk,
-               out_features, saved, status, n_steps)
+               compiled.output_times, int(max_steps), events.kinds, events.weights,
+               events.args, events.params, events.actions, events.values, chunk,
+               out_features, saved, status, n_steps, event_times)
     finally:
         nb.set_num_threads(previous)
-    return Solution(out_features, saved, status, n_steps)
+    return Solution(out_features, saved, status, n_steps, event_times)

@@ -10,6 +10,7 @@ import numba as nb
 from kernels import dense
 from kernels.block import move_lane
 from kernels.controller import LOG2_MIN_ERR_PREV
+from kernels.events import fire_due_events, limit_stop, start_events
 from kernels.features import features_inside_step, observe_point, start_features, write_features
 from kernels.jit import jit_options
 from kernels.status import NON_FINITE, OK
@@ -82,6 +83,7 @@ def start_lane(P, B, out, lane, patient):
         B.done[lane] = True
         return
     apply_doses(P, B, B.y, lane, P.t0)
+    start_events(P, B, B.y, lane, P.t0)
     start_features(P, B, lane)
     save_point(P, B, B.y, out.saved, lane, P.t0)
     B.done[lane] = P.t0 >= P.t1
@@ -94,14 +96,17 @@ def finish_lane(P, B, out, lane):
     out.status[patient] = B.status[lane]
     out.n_steps[patient] = B.n_accepted[lane]
     write_features(P, B, lane, out.features[patient])
+    for e in range(B.e_fired.shape[0]):
+        out.event_times[patient, e] = B.e_fired[e, lane]
 
 
 @nb.njit(**jit_options(inline="always"))
 def step_event(P, B, out, lane):
     """Rare work of a lane's step just tried, before it is committed:
     interpolated features and save points inside the step, doses at its end
-    (added to ``y_new``, so the committed state is post-dose), values at its end,
-    and whether the lane is done (t1 reached or a bad status)."""
+    (added to ``y_new``, so the committed state is post-dose) and events due
+    there (:mod:`kernels.events`), values at its end, and whether the lane is
+    done (t1 reached or a bad status)."""
     B.rare[lane] = False
     if B.status[lane] != OK:
         B.done[lane] = True
@@ -112,7 +117,9 @@ def step_event(P, B, out, lane):
     save_inside_step(P, B, out.saved, lane)
     t_new = B.t_new[lane]
     if B.landed[lane]:
-        B.restart[lane] = apply_doses(P, B, B.y_new, lane, t_new)
+        dosed = apply_doses(P, B, B.y_new, lane, t_new)
+        B.restart[lane] = fire_due_events(P, B, lane, t_new) or dosed
+        limit_stop(P, B, lane)
         B.done[lane] = t_new >= P.t1
     observe_point(P, B, B.y_new, lane, t_new)
     save_point(P, B, B.y_new, out.saved, lane, t_new)
