@@ -5,8 +5,9 @@ compiled function. The integrator is one function assembled from every module
 of this package (stages, controller, features, lanes...), so an edit to any of
 them would silently reuse stale machine code. Here the compiled function is
 built by a template whose closure variable holds a hash of every source file
-of the package; Numba hashes closure variables into its cache key, so any edit
-compiles anew and an unchanged tree loads in milliseconds.
+it is built from (:func:`_integrator_sources`); Numba hashes closure variables
+into its cache key, so any edit compiles anew and an unchanged tree loads in
+milliseconds.
 
 Only the top-level kernel is cached: the functions it calls are compiled as part
 of it (``cache=False`` in :func:`kernels.jit.jit_options`).
@@ -20,12 +21,20 @@ import numba as nb
 _KERNELS_DIR = pathlib.Path(__file__).resolve().parent
 
 
+def _integrator_sources():
+    """Every source the integrator is built from: the package's modules and the
+    model interface (``models/base.py``), but not the models themselves, whose
+    right-hand sides reach the kernel as run-time arguments (adding or editing
+    a model does not recompile the integrator)."""
+    return sorted([*_KERNELS_DIR.glob("*.py"), _KERNELS_DIR / "models" / "base.py"])
+
+
 @functools.cache
 def source_key():
-    """A 60-bit integer hash of every ``.py`` file of the kernels package (an
-    integer, since a string constant would stop Numba caching the kernel)."""
+    """A 60-bit integer hash of the integrator's sources (an integer, since a
+    string constant would stop Numba caching the kernel)."""
     digest = hashlib.sha256()
-    for path in sorted(_KERNELS_DIR.rglob("*.py")):
+    for path in _integrator_sources():
         digest.update(path.relative_to(_KERNELS_DIR).as_posix().encode())
         digest.update(path.read_bytes())
     return int(digest.hexdigest()[:15], 16)
