@@ -22,7 +22,9 @@ Keys (``required`` or the default; units are in the key names)
 [scenario]
     name             str, required; letters, digits, ``_`` and ``-``
     description      str, default ""
-    model            str, required; a model of ``kernels.models.MODELS``
+    model            str, required; a model of ``kernels.models.MODELS`` with tumour,
+                     CAR T, IL-6 and infusion roles (not e.g. the ``kinetics`` model,
+                     which is for fitting)
     seed             int >= 0, required; the cohort's root seed
     patients         int >= 1, required
     shard_size       int >= 1, default 10000; patients per shard (the unit of work)
@@ -64,6 +66,17 @@ Keys (``required`` or the default; units are in the key names)
                      this arm, over the cohort's (and the parameter set's). Every
                      patient keeps its own deviation: its value in the arm is the
                      arm's typical value x (its cohort value / the cohort's typical)
+    interventions    array of tables, default none: parameter changes during treatment
+                     (tocilizumab, corticosteroids), each one kernel event per parameter:
+      name           str, required, unique in the arm; letters, digits, ``_`` and ``-``;
+                     the dataset gets ``t_<name>_d``, the day it was given (NaN: never)
+      at_day         number in [0, scenario.horizon_days]: given on that day (0: with
+                     the infusion, prophylaxis), or
+      il6_above_pg_ml number > 0: given when IL-6 first reaches it (triggered); exactly
+                     one of at_day and il6_above_pg_ml
+      scale          table {parameter = number >= 0}: parameters multiplied from then on
+      set            table {parameter = number >= 0}: parameters replaced from then on;
+                     at least one parameter in scale or set, none in both
   policy "fixed", exactly one of:
     dose_cells       number > 0; CAR T cells infused
     dose_cells_per_kg number > 0; CAR T cells per kg of body weight
@@ -133,6 +146,8 @@ from pipeline.cohort import CohortSpec, Covariate, CovariateEffect, ParameterDis
 from pipeline.policies import ADAPTIVE_PARAMETERS
 
 POLICIES = ("fixed", "adaptive", "oracle")
+# what the pipeline reads from a model (kernels.models.base.Model.roles)
+SCENARIO_ROLES = ("tumour", "car_t", "il6", "infusion")
 COVARIATES = {"tumour_burden_cells": (1e10, 1.0),   # (median, sd_log) defaults
               "weight_kg": (75.0, 0.2)}
 
@@ -157,6 +172,7 @@ class Arm:
     max_dose_cells: float = None
     parameter_set: str = None
     parameters: tuple = ()          # ((name, typical value), ...), in the file's order
+    interventions: tuple = ()       # Intervention, in the file's order
 
     def typical_values(self, model):
         """{parameter: typical value} this arm sets: its parameter set, then
@@ -178,7 +194,28 @@ class Arm:
             dose += f", parameter set {self.parameter_set}"
         if self.parameters:
             dose += ", " + ", ".join(f"{name} = {value:g}" for name, value in self.parameters)
+        for intervention in self.interventions:
+            dose += f", {intervention.describe()}"
         return f"{self.policy}: {dose}"
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """A treatment given at a day or when IL-6 first reaches a level, as
+    parameter changes: ``scale`` ((parameter, factor), ...) and ``set``
+    ((parameter, value), ...)."""
+
+    name: str
+    at_day: float = None
+    il6_above_pg_ml: float = None
+    scale: tuple = ()
+    set: tuple = ()
+
+    def describe(self):
+        when = (f"day {self.at_day:g}" if self.at_day is not None
+                else f"IL-6 >= {self.il6_above_pg_ml:g} pg/mL")
+        changes = [f"{p} x{v:g}" for p, v in self.scale] + [f"{p} = {v:g}" for p, v in self.set]
+        return f"{self.name} at {when} ({', '.join(changes)})"
 
 
 @dataclass(frozen=True)
@@ -328,7 +365,13 @@ _ARM = {"name": _Key(str, check=_identifier),
         "policy": _Key(str, check=_one_of(POLICIES)),
         "debulking_factor": _Key(float, 1.0, _within(0, 1, True)),
         "parameter_set": _Key(str, None),
-        "parameters": _Key(dict, {})}
+        "parameters": _Key(dict, {}),
+        "interventions": _Key([dict], ())}
+_INTERVENTION = {"name": _Key(str, check=_identifier),
+                 "at_day": _Key(float, None, _ge(0)),
+                 "il6_above_pg_ml": _Key(float, None, _gt(0)),
+                 "scale": _Key(dict, {}),
+                 "set": _Key(dict, {})}
 _TARGETED = {"target_il6_pg_ml": _Key(float, check=_gt(0)),
              "min_dose_cells": _Key(float, check=_gt(0)),
              "max_dose_cells": _Key(float, check=_gt(0))}
@@ -535,6 +578,41 @@ def _arm_parameters(src, path, values, model):
     values["parameters"] = tuple((name, given[name]) for name in values["parameters"])
 
 
+def _interventions(src, path, raws, model, horizon_days):
+    """An arm's ``interventions`` tables, checked against the model and horizon."""
+    interventions, seen = [], {}
+    for i, raw in enumerate(raws):
+        where = f"{path}.interventions[{i}]"
+        values = _read(src, where, raw, _INTERVENTION)
+        if (values["at_day"] is None) == (values["il6_above_pg_ml"] is None):
+            raise ConfigError(src, f"{where}.at_day", "an intervention needs exactly one of "
+                                                      "at_day and il6_above_pg_ml")
+        if values["at_day"] is not None and values["at_day"] > horizon_days:
+            raise ConfigError(src, f"{where}.at_day", f"must be <= scenario.horizon_days "
+                                                      f"({horizon_days!r}), got {values['at_day']!r}")
+        if values["il6_above_pg_ml"] is not None and "il6" not in model.roles:
+            raise ConfigError(src, f"{where}.il6_above_pg_ml",
+                              f"model {model.name!r} has no IL-6 quantity")
+        for key in ("scale", "set"):
+            given = _read(src, f"{where}.{key}", values[key],
+                          {name: _Key(float, None, _ge(0)) for name in model.parameter_names},
+                          unknown=f"not a parameter of model {model.name!r}")
+            values[key] = tuple((name, given[name]) for name in values[key])
+        both = set(dict(values["scale"])) & set(dict(values["set"]))
+        if both:
+            raise ConfigError(src, f"{where}.set.{sorted(both)[0]}",
+                              "a parameter is either scaled or set, not both")
+        if not values["scale"] and not values["set"]:
+            raise ConfigError(src, f"{where}.scale", "an intervention changes at least one "
+                                                     "parameter (scale or set)")
+        if values["name"] in seen:
+            raise ConfigError(src, f"{where}.name", f"duplicate intervention name "
+                                                    f"{values['name']!r} (also {seen[values['name']]})")
+        seen[values["name"]] = f"{where}.name"
+        interventions.append(Intervention(**values))
+    return tuple(interventions)
+
+
 def _policy_fits_model(src, path, policy, model):
     """The adaptive predictor is the cart model's; the oracle needs IL-6."""
     missing = [p for p in ADAPTIVE_PARAMETERS if p not in model.parameter_names]
@@ -547,7 +625,7 @@ def _policy_fits_model(src, path, policy, model):
                                                  f"which model {model.name!r} lacks")
 
 
-def _arms(src, raws, model):
+def _arms(src, raws, model, horizon_days):
     if not raws:
         raise ConfigError(src, "arms", "at least one [[arms]] table is required")
     arms, seen = [], {}
@@ -559,6 +637,8 @@ def _arms(src, raws, model):
                        unknown=f"unknown key for policy {policy!r}")
         _arm_parameters(src, path, values, model)
         _policy_fits_model(src, path, policy, model)
+        values["interventions"] = _interventions(src, path, values["interventions"], model,
+                                                 horizon_days)
         arm = Arm(**values)
         if policy == "fixed" and (arm.dose_cells is None) == (arm.dose_cells_per_kg is None):
             raise ConfigError(src, f"{path}.dose_cells",
@@ -581,8 +661,12 @@ def _scenario(src, data, text, overrides):
     top = _read(src, "", data, _TOP)
     scenario = _read(src, "scenario", {**top["scenario"], **overrides}, _SCENARIO)
     model = get_model(scenario["model"])
+    missing = [role for role in SCENARIO_ROLES if role not in model.roles]
+    if missing:
+        raise ConfigError(src, "scenario.model", f"model {model.name!r} cannot run a scenario: "
+                                                 f"it has no {', '.join(missing)} quantity")
     cohort = _cohort(src, top["cohort"], model)
-    arms = _arms(src, top["arms"], model)
+    arms = _arms(src, top["arms"], model, scenario["horizon_days"])
     outcomes = _read(src, "outcomes", top["outcomes"], _OUTCOMES)
     if outcomes["response_day"] > scenario["horizon_days"]:
         raise ConfigError(src, "outcomes.response_day",

@@ -13,6 +13,10 @@ covariates and parameters into a tumour burden at infusion and a dose.
   rule could do with the same target.
 * debulking (any policy): the baseline tumour multiplied by ``debulking_factor``
   before infusion.
+* interventions (any policy): tocilizumab, corticosteroids... given on a day or
+  when IL-6 first reaches a level, as parameter changes from then on (kernel
+  events, :mod:`kernels.events`; :func:`intervention_events`). Doses of the
+  adaptive and oracle policies are chosen without them.
 
 The adaptive predictor, linearised early phase of the ``cart`` model
 (kernels/models/cart.py). Early after infusion the tumour has barely moved,
@@ -37,6 +41,7 @@ given. The predictor's error against the full model is reported per run.
 import numpy as np
 
 from kernels.dopri5 import Doses, solve
+from kernels import events as ke
 from kernels import features as kf
 
 ORACLE_BISECTION_STEPS = 20   # on log(dose): 2**-20 of the log dose range
@@ -116,3 +121,20 @@ def oracle_dose(model, arm, y0, params, horizon_days, rtol, atol):
         hi = np.where(ok, hi, mid)
     dose = np.where(found, np.exp(lo), arm.min_dose_cells)
     return np.where(meets_target(np.log(np.full(n, arm.max_dose_cells))), arm.max_dose_cells, dose)
+
+
+def intervention_events(model, arm):
+    """The kernel events of an arm's interventions: one per parameter changed.
+    Returns (events, {intervention name: index of its first event})."""
+    events, first = [], {}
+    for intervention in arm.interventions:
+        first[intervention.name] = len(events)
+        changes = ([(p, v, "scale") for p, v in intervention.scale]
+                   + [(p, v, "set") for p, v in intervention.set])
+        for parameter, value, action in changes:
+            if intervention.at_day is not None:
+                events.append(ke.at_time(intervention.at_day, parameter, value, action))
+            else:
+                events.append(ke.cross_up(model.role("il6"), intervention.il6_above_pg_ml,
+                                          parameter, value, action))
+    return events, first

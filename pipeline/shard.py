@@ -98,6 +98,8 @@ def run_shard(scenario, shard_index):
     # parameters any arm changes: every arm's table has them (one schema)
     all_arm_parameters = list(dict.fromkeys(
         name for arm in scenario.arms for name in arm.typical_values(model)))
+    all_interventions = list(dict.fromkeys(
+        i.name for arm in scenario.arms for i in arm.interventions))
     tables = {}
     for arm in scenario.arms:
         params = arm_parameters(model, scenario, arm, shard.params)
@@ -105,7 +107,11 @@ def run_shard(scenario, shard_index):
         y0 = model.initial_states(burden / model.cells_per_unit, params)
         tumour0 = tumour_at_infusion(model, y0)
         dose, predicted = arm_doses(model, scenario, arm, shard, y0, params)
-        solution = _solve(model, scenario, y0, params, dose, features=features)
+        events, first_event = policies.intervention_events(model, arm)
+        solution = _solve(model, scenario, y0, params, dose, features=features, events=events)
+        given = {f"t_{name}_d": (solution.event_times[:, first_event[name]]
+                                 if name in first_event else np.full(n, np.nan))
+                 for name in all_interventions}
         columns = outcomes.feature_columns(model, solution.features, scenario.outcomes,
                                            scenario.horizon_days)
         result = outcomes.outcome_columns(columns, tumour0, scenario.outcomes)
@@ -119,20 +125,23 @@ def run_shard(scenario, shard_index):
             "il6_peak_predicted_pg_ml": predicted,
             **columns, **result,
             **_model_columns(model, params, dose, tumour0, {**columns, **result}),
+            **given,
             "status": solution.status,
             "n_steps": solution.n_steps,
         })
-        tables[arm.name] = (patients, _trajectories(model, scenario, y0, params, shard, dose))
+        tables[arm.name] = (patients, _trajectories(model, scenario, y0, params, shard, dose,
+                                                    events))
     return tables
 
 
-def _trajectories(model, scenario, y0, params, shard, dose):
+def _trajectories(model, scenario, y0, params, shard, dose, events):
     """Daily states of the shard's first TRAJECTORY_PATIENTS patients."""
     k = min(TRAJECTORY_PATIENTS, len(shard))
     times = np.arange(0.0, scenario.horizon_days + 0.5 * TRAJECTORY_STEP_DAYS,
                       TRAJECTORY_STEP_DAYS)
     times = times[times <= scenario.horizon_days]
-    saved = _solve(model, scenario, y0[:k], params[:k], dose[:k], save_at=times).saved
+    saved = _solve(model, scenario, y0[:k], params[:k], dose[:k], save_at=times,
+                   events=events).saved
     return pa.table({
         "patient_id": np.repeat(shard.patient_ids[:k], times.size),
         "shard": np.full(k * times.size, shard.index, np.int32),

@@ -59,6 +59,8 @@ def only_scenario(text):
     return text.split("[[arms]]")[0]
 
 
+ARM_INTERVENTION = ('[[arms]]\nname = "treated"\npolicy = "fixed"\ndose_cells = 1e8\n'
+                    '[[arms.interventions]]\nname = "toci"\n')
 SEED_LINE = BASE.splitlines().index("seed = 1") + 1
 CORRELATION = "[cohort.correlation]\nparameters = {names}\nmatrix = {matrix}\n"
 
@@ -92,6 +94,8 @@ MALFORMED = [
     ("horizon infinite", rep("horizon_days = 365.0", "horizon_days = inf"),
      "scenario.horizon_days"),
     ("unknown model", rep('model = "cart"', 'model = "carts"'), "scenario.model"),
+    ("model without the scenario quantities", rep('model = "cart"', 'model = "predator_prey"'),
+     "scenario.model"),
     ("unknown policy", rep('policy = "adaptive"', 'policy = "smart"'), "arms[1].policy"),
     ("no arms", only_scenario, "arms"),
     ("empty arms list", lambda t: "arms = []\n" + only_scenario(t), "arms"),
@@ -170,8 +174,6 @@ MALFORMED = [
      "arms[0].parameters"),
     ("arm parameter set unknown", rep("dose_cells = 1e8", 'dose_cells = 1e8\nparameter_set = "cd28"'),
      "arms[0].parameter_set"),
-    ("adaptive policy on a model without its parameters",
-     rep('model = "cart"', 'model = "predator_prey"'), "arms[1].policy"),
     ("waterfall arm unknown", add('[report.waterfall]\nbaseline = "fixed"\nfull = "adaptive"\n'
                                   'steps = ["zz"]\n'), "report.waterfall.steps[0]"),
     ("waterfall baseline unknown", add('[report.waterfall]\nbaseline = "zz"\nfull = "adaptive"\n'
@@ -182,6 +184,28 @@ MALFORMED = [
     ("waterfall without steps", add('[report.waterfall]\nbaseline = "fixed"\nfull = "adaptive"\n'
                                     'steps = []\n'), "report.waterfall.steps"),
     ("unknown key in report", add("[report]\nwaterfal = 1\n"), "report.waterfal"),
+    ("intervention without a trigger", add(ARM_INTERVENTION + "scale = {s = 0.3}\n"),
+     "arms[2].interventions[0].at_day"),
+    ("intervention with two triggers", add(ARM_INTERVENTION + "at_day = 0.0\n"
+                                           "il6_above_pg_ml = 500.0\nscale = {s = 0.3}\n"),
+     "arms[2].interventions[0].at_day"),
+    ("intervention after the horizon", add(ARM_INTERVENTION + "at_day = 400.0\nscale = {s = 0.3}\n"),
+     "arms[2].interventions[0].at_day"),
+    ("intervention threshold 0", add(ARM_INTERVENTION + "il6_above_pg_ml = 0.0\nscale = {s = 0.3}\n"),
+     "arms[2].interventions[0].il6_above_pg_ml"),
+    ("intervention changes nothing", add(ARM_INTERVENTION + "at_day = 1.0\n"),
+     "arms[2].interventions[0].scale"),
+    ("intervention on an unknown parameter", add(ARM_INTERVENTION + "at_day = 1.0\nscale = {zz = 2.0}\n"),
+     "arms[2].interventions[0].scale.zz"),
+    ("intervention scales and sets one parameter",
+     add(ARM_INTERVENTION + "at_day = 1.0\nscale = {s = 0.3}\nset = {s = 1.0}\n"),
+     "arms[2].interventions[0].set.s"),
+    ("intervention negative factor", add(ARM_INTERVENTION + "at_day = 1.0\nscale = {s = -0.3}\n"),
+     "arms[2].interventions[0].scale.s"),
+    ("intervention names twice", add(ARM_INTERVENTION + "at_day = 1.0\nscale = {s = 0.3}\n"
+                                     '[[arms.interventions]]\nname = "toci"\nat_day = 2.0\n'
+                                     "scale = {s = 0.3}\n"),
+     "arms[2].interventions[1].name"),
     ("response_day beyond horizon", add("[outcomes]\nresponse_day = 400.0\n"),
      "outcomes.response_day"),
     ("response_fraction 1", add("[outcomes]\nresponse_fraction = 1.0\n"),
@@ -249,7 +273,7 @@ def test_messages_say_what_is_wrong():
         rep("patients = 100", "patients = 100.0")(BASE))
     assert "expected a number, got boolean true" in error(
         rep("horizon_days = 365.0", "horizon_days = true")(BASE))
-    assert "expected one of cart, predator_prey" in error(
+    assert "expected one of " in error(
         rep('model = "cart"', 'model = "carts"')(BASE))
     assert "unknown key for policy 'fixed'" in error(
         rep("dose_cells = 1e8", "dose_cells = 1e8\ntarget_il6_pg_ml = 5.0")(BASE))
@@ -567,3 +591,15 @@ def test_arm_parameters_set_typical_values_and_keep_each_patients_deviation():
     untouched = [j for j in range(len(model.parameters)) if j not in (k, a)]
     assert np.array_equal(changed[:, untouched], shard.params[:, untouched])
     assert np.std(np.log(changed[:, k])) > 0.3          # the spread is kept
+
+
+def test_interventions_are_read_in_order_and_described():
+    text = BASE + ARM_INTERVENTION + ('il6_above_pg_ml = 500.0\nscale = {s = 0.3, a = 0.7}\n'
+                                      '[[arms.interventions]]\nname = "late"\nat_day = 10.0\n'
+                                      'set = {c = 4.0}\n')
+    arm = scenario_from_text(text).arms[2]
+    assert [i.name for i in arm.interventions] == ["toci", "late"]
+    assert arm.interventions[0].scale == (("s", 0.3), ("a", 0.7))
+    assert arm.interventions[1].at_day == 10.0 and arm.interventions[1].set == (("c", 4.0),)
+    assert arm.describe() == ("fixed: 1e+08 cells, toci at IL-6 >= 500 pg/mL (s x0.3, a x0.7), "
+                              "late at day 10 (c = 4)")

@@ -10,11 +10,11 @@ wrote and aggregate with :mod:`pipeline.aggregate`; they compute no model.
 """
 from collections import namedtuple
 
-from pipeline.sections import efficacy
+from pipeline.sections import efficacy, interventions
 
 Section = namedtuple("Section", "title markdown files")
 
-SECTIONS = (efficacy.section,)
+SECTIONS = (efficacy.section, interventions.section,)
 
 
 def write_sections(patients, scenario, out_dir):
