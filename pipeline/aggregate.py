@@ -34,9 +34,14 @@ def wilson_interval(events, n, confidence=CONFIDENCE):
         denominator = 1.0 + z * z / n
         centre = p + z * z / (2.0 * n)
         half = z * np.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n))
-        # clip the rounding (about 1e-17) at 0 and 1 events
-        return (np.clip((centre - half) / denominator, 0.0, 1.0),
-                np.clip((centre + half) / denominator, 0.0, 1.0))
+        lower = (centre - half) / denominator
+        upper = (centre + half) / denominator
+    # exact at the edges (rounding leaves about 1e-17 there): no events -> lower
+    # bound 0, all events -> upper bound 1, so an interval always holds its rate
+    some = n > 0
+    lower = np.where(some & (events == 0), 0.0, np.clip(lower, 0.0, 1.0))
+    upper = np.where(some & (events == n), 1.0, np.clip(upper, 0.0, 1.0))
+    return lower[()], upper[()]          # numpy scalars for scalar input
 
 
 def clopper_pearson(events, n, confidence=CONFIDENCE):

@@ -101,3 +101,11 @@ def test_strata_split_every_arm_at_the_same_cut_points():
     assert strata.stratum.nunique() == 3
     per_arm = strata.groupby("arm").n.sum()
     assert per_arm["fixed"] == 399 and per_arm["adaptive"] == 399
+
+
+def test_wilson_bounds_are_exact_at_no_and_all_events():
+    # the rates 0 and 1 lie inside their own intervals, not 1e-17 outside
+    lower, upper = wilson_interval(np.array([0, 7, 7, 0]), np.array([7, 7, 20, 0]))
+    assert lower[0] == 0.0 and upper[1] == 1.0
+    assert 0.0 < lower[2] < 7 / 20 < upper[2] < 1.0
+    assert np.isnan(lower[3]) and np.isnan(upper[3])
