@@ -121,25 +121,29 @@ def test_cytokine_constant_drive(predator_prey_cytokine):
 
 # ------------------------------------------------------------ exposure identity
 
-def test_surviving_fraction_equals_exp_minus_k_auc(predator_prey):
-    """r = 0: T(t)/T0 = exp(-k int_0^t E) whatever E does (here E expands on
-    antigen, b > 0, then decays, d > b T). Checked at two interior times (auc
-    with ``until``, value_at) and at t1 = 200 days, where E has decayed (T(inf))."""
+@pytest.mark.parametrize("b_T0_over_d", [(0.0, 0.8), (1.5, 3.0)], ids=["contracting", "expanding"])
+def test_surviving_fraction_equals_exp_minus_k_auc(predator_prey, b_T0_over_d):
+    """r = 0: T(t)/T0 = exp(-k int_0^t E) whatever E does: E contracting from
+    the start (b T0 < d) or first expanding on antigen, as CAR T do (b T0 > d),
+    then contracting once T < d / b. Checked at two interior times (auc with
+    ``until``, value_at) and at t1 = 200 days, where E has decayed (T(inf))."""
     rng = np.random.default_rng(4)
     n, t1 = 30, 200.0
     T0 = 10.0 * np.exp(0.5 * rng.standard_normal(n))
     E0 = rng.uniform(0.05, 1.0, n)
     k = 0.15 * np.exp(0.3 * rng.standard_normal(n))
     d = rng.uniform(0.15, 0.4, n)
-    b = rng.uniform(0.0, 0.8, n) * d / T0        # b T0 < d: E decays in the end
+    b = rng.uniform(*b_T0_over_d, n) * d / T0
     params = np.column_stack([np.zeros(n), k, b, d])
     times = (3.7, 37.25)
     feats = [F.value_at("T", t) for t in times] + [F.value_at("T", t1)] + [
-        F.auc("E", until=t) for t in times] + [F.auc("E")]
+        F.auc("E", until=t) for t in times] + [F.auc("E"), F.maximum("E")]
     sol = solve(predator_prey, np.column_stack([T0, E0]), params, 0.0, t1, rtol=RTOL,
                 atol=ATOL, features=feats, save_at=[t1])
     assert np.all(sol.status == 0)
     assert np.all(sol.saved[:, 0, 1] < 1e-6 * E0), "E has not decayed by t1"
+    expands = sol.features[:, 6] > E0
+    assert np.all(expands) if b_T0_over_d[0] > 1 else not np.any(expands)
     for j in range(3):
         fraction = sol.features[:, j] / T0
         expected = np.array([pp_module.surviving_fraction(k[i], sol.features[i, 3 + j])

@@ -288,23 +288,29 @@ def test_missing_file(tmp_path):
     assert str(caught.value) == f"{path}: cannot read: No such file or directory"
 
 
-@pytest.mark.parametrize("name, arms", [
-    ("default", {"fixed": "fixed", "adaptive": "adaptive", "oracle": "oracle"}),
-    ("debulking", {"fixed": "fixed", "fixed_debulked": "fixed",
-                   "adaptive_debulked": "adaptive"}),
-])
-def test_shipped_configs(name, arms):
+SHIPPED = sorted(p.stem for p in CONFIGS.glob("*.toml")            # scenarios, not fit configs
+                 if "[scenario]" in p.read_text(encoding="utf-8"))
+SAME_PATIENTS_AS_DEFAULT = ("debulking", "prophylaxis")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_is_valid_and_named_after_its_file(name):
     path = CONFIGS / f"{name}.toml"
     scenario = load_scenario(path)
-    model = get_model(scenario.model)
-    assert scenario.name == name and scenario.model == "cart"
-    assert (scenario.patients, scenario.shard_size, scenario.seed) == (100_000, 10_000, 20240601)
-    assert scenario.horizon_days == 365.0 and scenario.n_shards == 10
-    assert {a.name: a.policy for a in scenario.arms} == arms
+    assert scenario.name == name
     assert scenario.text == path.read_text(encoding="utf-8")
     assert scenario.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert scenario.source_path == str(path) and scenario.overrides == ()
 
+
+def test_the_default_config():
+    scenario = load_scenario(CONFIGS / "default.toml")
+    model = get_model(scenario.model)
+    assert scenario.model == "cart"
+    assert (scenario.patients, scenario.shard_size, scenario.seed) == (100_000, 10_000, 20240601)
+    assert scenario.horizon_days == 365.0 and scenario.n_shards == 10
+    assert {a.name: a.policy for a in scenario.arms} == {
+        "fixed": "fixed", "adaptive": "adaptive", "oracle": "oracle"}
     cohort = scenario.cohort
     assert isinstance(cohort, CohortSpec)
     assert tuple(p.name for p in cohort.parameters) == model.parameter_names
@@ -319,14 +325,24 @@ def test_shipped_configs(name, arms):
         else:
             assert (arm.target_il6_pg_ml, arm.min_dose_cells, arm.max_dose_cells) == (
                 1000.0, 1e7, 1e9)
-        assert arm.debulking_factor == (0.1 if arm.name.endswith("_debulked") else 1.0)
+        assert arm.debulking_factor == 1.0
 
 
-def test_shipped_configs_share_their_patients():
-    default, debulking = (load_scenario(CONFIGS / f"{n}.toml") for n in ("default", "debulking"))
-    assert default.cohort == debulking.cohort
-    assert (default.seed, default.patients, default.shard_size) == (
-        debulking.seed, debulking.patients, debulking.shard_size)
+def test_the_debulking_config_sweeps_the_factor():
+    scenario = load_scenario(CONFIGS / "debulking.toml")
+    assert [a.debulking_factor for a in scenario.arms if a.policy == "fixed"] == [
+        1.0, 0.5, 0.2, 0.1, 0.05, 0.01]
+    assert all(a.dose_cells == 1e8 for a in scenario.arms if a.policy == "fixed")
+
+
+@pytest.mark.parametrize("name", SAME_PATIENTS_AS_DEFAULT)
+def test_shipped_configs_share_the_default_patients(name):
+    # a patient's draws depend on (seed, shard, index in shard) only: the same
+    # cohort, seed and shard size give the default scenario's first patients
+    default, other = load_scenario(CONFIGS / "default.toml"), load_scenario(CONFIGS / f"{name}.toml")
+    assert (default.model, default.cohort, default.seed, default.shard_size) == (
+        other.model, other.cohort, other.seed, other.shard_size)
+    assert other.patients <= default.patients
 
 
 def test_cohort_tables_build_the_spec():
@@ -427,7 +443,7 @@ def test_validate_missing_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", ["default", "debulking"])
+@pytest.mark.parametrize("name", ["default", "debulking", "prophylaxis"])
 def test_validate_shipped_config(tmp_path, name):
     path = CONFIGS / f"{name}.toml"
     result = cartcohort("validate", str(path), cwd=tmp_path)
@@ -437,7 +453,7 @@ def test_validate_shipped_config(tmp_path, name):
     assert scenario.sha256 in out and f"{scenario.name} (" in out
     for arm in scenario.arms:
         assert f"arm {arm.name}" in out and arm.policy in out
-    assert "100000 in 10 shard(s)" in out
+    assert f"{scenario.patients} in {scenario.n_shards} shard(s)" in out
     assert list(tmp_path.iterdir()) == []
 
 

@@ -1,8 +1,16 @@
 """The model library. ``get_model(name, **options)`` returns a :class:`Model`."""
 from kernels.models import cart, predator_prey
+from kernels.models import dual_antigen
+from kernels.models import translation
+from kernels.models import kinetics
+from kernels.models import costim
 from kernels.models.base import Model, Parameter, State
 
 MODELS = {
+    "kinetics": kinetics.model,
+    "costim": costim.model,
+    "translation": translation.model,
+    "dual_antigen": dual_antigen.model,
     "cart": cart.model,
     "predator_prey": predator_prey.model,
 }

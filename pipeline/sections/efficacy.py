@@ -25,7 +25,7 @@ def decile_rates(patients, column, n_bins=N_BINS):
     status 0 and a finite positive value), with each bin's median value."""
     ok = patients[(patients["status"] == 0) & np.isfinite(patients[column])
                   & (patients[column] > 0)]
-    if ok.empty:
+    if ok[column].nunique() < 2:           # nothing to split (no patients, or all equal)
         return pd.DataFrame()
     rates = strata_rates(ok, column, ("responded",), n_bins)
     edges = np.unique(np.quantile(ok[column], np.linspace(0.0, 1.0, n_bins + 1)))
