@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 
 from pipeline.tables import text_table
 
@@ -175,7 +176,88 @@ def build_parser():
                             "FROM patients GROUP BY arm\"")
     query.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     query.set_defaults(handler=cmd_query)
+    _add_risk(commands)
     return parser
+
+
+def _fraction(text):
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return value
+
+
+def _add_risk(commands):
+    """``cartcohort risk fit|score|decide`` (pipeline.risk)."""
+    risk = commands.add_parser(
+        "risk", help="CRS risk score and prophylaxis decisions from a run",
+        description="From a run's simulated patients: observed CRS grades from a stated "
+                    "noisy grading model (pipeline/risk/grading.py), an OLS risk score on "
+                    "peak IL-6 and CAR T expansion, calibrated probabilities of severe CRS "
+                    "(from the score and from day 1-3 features), and the expected-utility "
+                    "decision to give prophylaxis (pipeline/risk).")
+    actions = risk.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    fit = actions.add_parser(
+        "fit", help="fit the score and probabilities on a training cohort",
+        description="Split the arm's patients into training and test cohorts (a seeded "
+                    "hash of patient_id), grade them, fit the scores and probabilities on "
+                    "the training cohort and evaluate them on the test cohort (R^2, AUC for "
+                    "severe CRS, calibration, Brier). Writes DIR/risk_model.json, metrics, "
+                    "calibration table, risk_fit.md and plots (score by grade, ROC, "
+                    "calibration).")
+    fit.add_argument("run", metavar="RUN", help="run directory")
+    fit.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    fit.add_argument("--arm", default=None, help="arm to use (default: the reference arm)")
+    fit.add_argument("--seed", type=_seed, default=0, help="split and grading-noise seed")
+    fit.add_argument("--test-fraction", type=_fraction, default=0.5, metavar="F",
+                     help="share of patients held out (default: %(default)s)")
+    fit.add_argument("--expansion", choices=("fold", "auc28"), default="fold",
+                     help="A_C: CAR T peak / dose (fold) or AUC0-28 / dose (auc28)")
+    fit.add_argument("--calibrate", choices=("log", "linear"), default="log",
+                     help="the score turned into a probability (default: log features)")
+    fit.add_argument("--assay-sd", type=float, default=0.1, metavar="SD",
+                     help="error of the day 1-3 measurements, sd of log10 (default: 0.1)")
+    for name, help_text in (("il6", "weight of log10 peak IL-6"),
+                            ("expansion", "weight of log10 CAR T peak"),
+                            ("tumour", "weight of log10 baseline tumour"),
+                            ("noise-sd", "sd of the latent noise (0: noise-free)")):
+        fit.add_argument(f"--grading-{name}", type=float, default=None, metavar="X",
+                         help=f"grading model: {help_text}")
+    fit.add_argument("--grading-noise", choices=("normal", "logistic"), default=None,
+                     help="grading model: distribution of the latent noise")
+    fit.set_defaults(handler=cmd_risk_fit)
+
+    score = actions.add_parser(
+        "score", help="score a run's patients with a fitted model",
+        description="Apply DIR's risk_model.json to a run (the same arm, or another "
+                    "run) and report AUC, calibration and Brier score.")
+    score.add_argument("run", metavar="RUN", help="run directory")
+    score.add_argument("model", metavar="MODEL", help="risk_model.json from `risk fit`")
+    score.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    score.add_argument("--split", choices=("test", "all"), default="test",
+                       help="patients scored (default: the held-out test cohort)")
+    score.set_defaults(handler=cmd_risk_score)
+
+    decide = actions.add_parser(
+        "decide", help="expected-utility prophylaxis decision and decision curve",
+        description="tau = (U_TN - U_FP) / ((U_TN - U_FP) + (U_TP - U_FN)): give "
+                    "prophylaxis when p > tau. Compares that policy with treat-all and "
+                    "treat-none by expected utility per patient (paired intervals) and "
+                    "writes the decision curve (net benefit across thresholds).")
+    decide.add_argument("run", metavar="RUN", help="run directory")
+    decide.add_argument("model", metavar="MODEL", help="risk_model.json from `risk fit`")
+    decide.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    for name, default, meaning in (("tp", 0.8, "severe CRS, prophylaxis given"),
+                                   ("fp", 0.95, "no severe CRS, prophylaxis given"),
+                                   ("tn", 1.0, "no severe CRS, none given"),
+                                   ("fn", 0.6, "severe CRS, none given")):
+        decide.add_argument(f"--u-{name}", type=float, default=default, metavar="U",
+                            help=f"utility: {meaning} (default: %(default)s)")
+    decide.add_argument("--arm", default=None, help="arm (default: the model's)")
+    decide.add_argument("--split", choices=("test", "all"), default="test",
+                        help="patients evaluated (default: the held-out test cohort)")
+    decide.set_defaults(handler=cmd_risk_decide)
 
 
 def _variants(factory):
@@ -333,6 +415,48 @@ def cmd_report(args, out):
     for path in paths.values():
         print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def _print_written(paths, summary, out):
+    print(Path(paths[summary]).read_text(encoding="utf-8"), file=out)
+    for path in paths.values():
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_risk_fit(args, out):
+    from pipeline.risk import FitOptions, risk_fit
+
+    grading = {key: value for key, value in (
+        ("il6", args.grading_il6), ("expansion", args.grading_expansion),
+        ("tumour", args.grading_tumour), ("noise_sd", args.grading_noise_sd),
+        ("noise", args.grading_noise)) if value is not None}
+    options = FitOptions(args.arm, args.seed, args.test_fraction, args.expansion,
+                         args.calibrate, args.assay_sd, grading)
+    return _print_written(risk_fit(args.run, args.out, options), "summary", out)
+
+
+def cmd_risk_score(args, out):
+    import pandas as pd
+
+    from pipeline.risk import risk_score
+
+    paths = risk_score(args.run, args.model, args.out, args.split)
+    metrics = pd.read_csv(paths["metrics"])
+    shown = [c for c in metrics.columns if c in ("arm", "n", "severe_rate") or c.endswith("_auc")]
+    rows = [[_cell(v) for v in row] for row in metrics[shown].itertuples(index=False, name=None)]
+    print(text_table(shown, rows), file=out)
+    for path in paths.values():
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_risk_decide(args, out):
+    from pipeline.risk import Utilities, risk_decide
+
+    utilities = Utilities(args.u_tp, args.u_fp, args.u_tn, args.u_fn)
+    return _print_written(risk_decide(args.run, args.model, args.out, utilities, args.arm,
+                                      args.split), "summary", out)
 
 
 def _cell(value):

@@ -3,9 +3,11 @@
 The kernel computes, inside its step loop, the features :func:`kernel_features`
 lists (peak IL-6 and its day, CAR T peak and AUC, tumour minimum and its day,
 tumour at the response landmark and at the horizon, the day the tumour climbs
-back after a response). :func:`outcome_columns` turns them into the dataset's
-columns with these rules (thresholds from the scenario's ``[outcomes]`` table,
-defaults in :mod:`pipeline.config`):
+back after a response, the CAR T AUC to day 28, and IL-6 and CAR T on days 1-3
+after infusion: the early levels a clinician can observe, :data:`EARLY_DAYS`).
+:func:`outcome_columns` turns them into the dataset's columns with these rules
+(thresholds from the scenario's ``[outcomes]`` table, defaults in
+:mod:`pipeline.config`):
 
 * ``responded``: tumour at ``response_day`` <= ``response_fraction`` x T0 (a
   landmark response; T0 is the tumour at infusion, after any debulking);
@@ -26,6 +28,10 @@ import numpy as np
 
 from kernels import features as kf
 
+# days after infusion of the early features a clinician can observe (IL-6 and CAR T
+# levels on days 1-3, the inputs of an early risk score, pipeline.risk)
+EARLY_DAYS = (1, 2, 3)
+
 # column, how to compute it from the model's roles, whether it counts cells
 _FEATURES = (
     ("il6_peak_pg_ml", lambda m, o, t1: kf.maximum(m.role("il6")), False),
@@ -38,6 +44,11 @@ _FEATURES = (
     ("tumor_response_day_cells", lambda m, o, t1: kf.value_at(m.role("tumour"), o.response_day), True),
     ("tumor_end_cells", lambda m, o, t1: kf.value_at(m.role("tumour"), t1), True),
     ("t_rebound_d", lambda m, o, t1: kf.rebound(m.role("tumour"), o.relapse_fraction), False),
+    ("cart_auc_d28_cells_d", lambda m, o, t1: kf.auc(m.role("car_t"), until=28.0), True),
+    *((f"il6_d{day}_pg_ml", lambda m, o, t1, day=day: kf.value_at(m.role("il6"), day), False)
+      for day in EARLY_DAYS),
+    *((f"cart_d{day}_cells", lambda m, o, t1, day=day: kf.value_at(m.role("car_t"), day), True)
+      for day in EARLY_DAYS),
 )
 FEATURE_COLUMNS = tuple(name for name, _, _ in _FEATURES)
 

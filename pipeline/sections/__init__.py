@@ -10,11 +10,15 @@ wrote and aggregate with :mod:`pipeline.aggregate`; they compute no model.
 """
 from collections import namedtuple
 
-from pipeline.sections import efficacy, interventions
+from pipeline.sections import efficacy, interventions, risk
+from pipeline.sections import antigen
+from pipeline.sections import waterfall
+from pipeline.sections import costim
+from pipeline.sections import debulking
 
 Section = namedtuple("Section", "title markdown files")
 
-SECTIONS = (efficacy.section, interventions.section,)
+SECTIONS = (efficacy.section, interventions.section, risk.section, antigen.section, waterfall.section, costim.section, debulking.section,)
 
 
 def write_sections(patients, scenario, out_dir):

@@ -1,0 +1,172 @@
+"""A fitted risk model: the grading model, the split, the OLS scores and the
+probabilities of severe CRS, saved as one JSON file and applied to any run.
+
+Fitting (:func:`fit`) on the training patients of one arm (see
+:mod:`pipeline.risk.features` for the split):
+
+1. observed grades from the grading model (:mod:`pipeline.risk.grading`);
+2. the OLS scores R on linear and on log features (:mod:`pipeline.risk.score`);
+3. ``p_score``: logistic calibration of one of them (``calibrated_score``, the
+   log score by default) against severe CRS (grade >= ``severe_grade``);
+4. ``p_early``: a logistic model of severe CRS on log10 IL-6 and log10 CAR T
+   over the dose on days 1-3 only, as measured with assay error ``assay_sd``
+   (log10 units; :func:`pipeline.risk.features.measured_log10`): what is known
+   early enough to act on.
+
+The peak IL-6 and the CAR T peak that R uses come days after infusion (median
+IL-6 peak at day 10 in the default scenario), so ``p_score`` is what the
+biology allows at best, ``p_early`` a rule a clinician could apply on day 3.
+
+Probability inputs are named ``score:<transform>`` (a fitted score) or
+``assay:<column>`` (an early column, measured, on the log10 scale).
+"""
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from pipeline.risk.calibration import LogisticModel, fit_logistic
+from pipeline.risk.features import EARLY_COLUMNS, is_test, measured_log10
+from pipeline.risk.grading import GradingModel
+from pipeline.risk.score import TRANSFORMS, RiskScore
+
+FORMAT = "cartcohort-risk-model/1"
+PROBABILITIES = ("score", "early")
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """``arm``: the arm to fit (None: the run's reference arm); ``seed`` and
+    ``test_fraction``: the split and the grading noise; ``expansion``: A_C as
+    "fold" (peak / dose) or "auc28" (AUC0-28 / dose); ``calibrated_score``:
+    the score ("log" or "linear") turned into p_score; ``assay_sd``: the early
+    measurements' error (sd of log10); ``grading``: GradingModel values other
+    than the cut points and seed (those come from the scenario and ``seed``)."""
+
+    arm: str = None
+    seed: int = 0
+    test_fraction: float = 0.5
+    expansion: str = "fold"
+    calibrated_score: str = "log"
+    assay_sd: float = 0.1
+    grading: dict = field(default_factory=dict)
+
+
+DEFAULT_OPTIONS = FitOptions()
+
+
+@dataclass(frozen=True)
+class RiskModel:
+    """A fitted model (module docstring): the arm it was fitted on, the split
+    (``seed``, ``test_fraction``), severe = grade >= ``severe_grade``, the early
+    assay error, the grading model and the fitted scores and probabilities."""
+
+    arm: str
+    seed: int
+    test_fraction: float
+    severe_grade: int
+    assay_sd: float
+    grading: GradingModel
+    scores: dict            # transform -> RiskScore
+    probabilities: dict     # "score" / "early" -> LogisticModel
+    training: dict          # n, severe events
+
+    def is_test(self, frame):
+        return is_test(frame["patient_id"].to_numpy(), self.seed, self.test_fraction)
+
+    def inputs(self, frame, names):
+        """[n, len(names)] model inputs (module docstring)."""
+        columns = []
+        for name in names:
+            kind, _, what = name.partition(":")
+            if kind == "score":
+                columns.append(self.scores[what].predict(frame))
+            elif kind == "assay":
+                columns.append(measured_log10(frame, what, self.assay_sd, self.seed))
+            else:
+                raise ValueError(f"unknown model input {name!r}")
+        return np.column_stack(columns)
+
+    def apply(self, frame):
+        """Per patient of a risk frame: patient_id, arm, test (held out), grade
+        (observed), severe, R_<transform> per score, p_<name> per probability."""
+        grade = self.grading.grades(frame)
+        out = pd.DataFrame({"patient_id": frame["patient_id"].to_numpy(),
+                            "arm": frame["arm"].to_numpy(), "test": self.is_test(frame),
+                            "grade": grade, "severe": grade >= self.severe_grade})
+        for transform, score in self.scores.items():
+            out[f"R_{transform}"] = score.predict(frame)
+        for name, model in self.probabilities.items():
+            out[f"p_{name}"] = model.predict(self.inputs(frame, model.inputs))
+        return out
+
+    def to_dict(self):
+        return {"format": FORMAT, "arm": self.arm, "seed": self.seed,
+                "test_fraction": self.test_fraction, "severe_grade": self.severe_grade,
+                "assay_sd": self.assay_sd, "grading": self.grading.to_dict(),
+                "scores": {t: asdict(s) for t, s in self.scores.items()},
+                "probabilities": {n: {"inputs": list(m.inputs),
+                                      "coefficients": list(m.coefficients)}
+                                  for n, m in self.probabilities.items()},
+                "training": self.training}
+
+    @classmethod
+    def from_dict(cls, data):
+        if data.get("format") != FORMAT:
+            raise ValueError(f"not a risk model (format {data.get('format')!r}, "
+                             f"expected {FORMAT!r})")
+        return cls(data["arm"], int(data["seed"]), float(data["test_fraction"]),
+                   int(data["severe_grade"]), float(data["assay_sd"]),
+                   GradingModel(**data["grading"]),
+                   {t: RiskScore(**s) for t, s in data["scores"].items()},
+                   {n: LogisticModel(tuple(m["inputs"]), tuple(m["coefficients"]))
+                    for n, m in data["probabilities"].items()},
+                   dict(data["training"]))
+
+    def save(self, path):
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+
+    @classmethod
+    def load(cls, path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read the risk model: {exc}") from None
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: not a valid risk model: {exc}") from None
+
+
+def fit(frame, thresholds_pg_ml, severe_grade, options=DEFAULT_OPTIONS):
+    """Fit a :class:`RiskModel` on the training patients of a risk frame
+    (``pipeline.risk.features.risk_frame``); ``thresholds_pg_ml`` and
+    ``severe_grade`` from the scenario's ``[outcomes]``."""
+    if options.calibrated_score not in TRANSFORMS:
+        raise ValueError(f"calibrated score must be one of {TRANSFORMS}, "
+                         f"got {options.calibrated_score!r}")
+    if not options.assay_sd >= 0:
+        raise ValueError(f"assay sd must be >= 0, got {options.assay_sd}")
+    grading = GradingModel.for_thresholds(thresholds_pg_ml, seed=options.seed,
+                                          **options.grading)
+    train_mask = ~is_test(frame["patient_id"].to_numpy(), options.seed, options.test_fraction)
+    train = frame[train_mask]
+    if train.empty:
+        raise ValueError("no patients in the training cohort")
+    grade = grading.grades(train)
+    severe = grade >= severe_grade
+    scores = {t: RiskScore.fit(train, grade, t, options.expansion) for t in TRANSFORMS}
+    partial = RiskModel(str(train["arm"].iloc[0]), options.seed, options.test_fraction,
+                        severe_grade, float(options.assay_sd), grading, scores, {},
+                        {"n": len(train), "severe": int(severe.sum())})
+    inputs = {"score": (f"score:{options.calibrated_score}",),
+              "early": tuple(f"assay:{c}" for c in EARLY_COLUMNS)}
+    probabilities = {}
+    for name in PROBABILITIES:
+        w = fit_logistic(partial.inputs(train, inputs[name]), severe)
+        probabilities[name] = LogisticModel(inputs[name], tuple(float(v) for v in w))
+    return replace(partial, probabilities=probabilities)
