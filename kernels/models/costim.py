@@ -20,9 +20,9 @@ back to proliferating effectors on antigen at nu stim. After the tumour is
 cleared (stim -> 0) the CAR T cells fall in two phases, E at delta + mu and M
 at dM: the biphasic decline of Stein et al. 2019's empirical model, with its
 fast rate ~ delta + mu and its persisting fraction ~ mu / (delta + mu - dM).
-The CAR T equations have the form of the reference ``cart`` model's
-(DESIGN.md s3); this module has its own copy so that recalibrating ``cart``
-cannot move the fitted construct sets below.
+The equations are the reference ``cart`` model's (DESIGN.md s3), whose compiled
+right-hand side this model uses, with its own names and values: recalibrating
+``cart``'s typical values cannot move the fitted construct sets below.
 
 Construct parameter sets (``parameter_sets``; the model's typical values are
 the "41bb" set). alpha, delta, mu and dM are fitted for each construct by
@@ -87,7 +87,8 @@ likewise ``_d90`` and ``_d365``.
 import numpy as np
 
 from kernels import features as kf
-from kernels.models.base import Model, Parameter, State, kill_over_growth, rhs_kernel
+from kernels.models import cart
+from kernels.models.base import Model, Parameter, State, kill_over_growth
 
 _DESIGN = "DESIGN.md s3 (cart model's starting point), shared by both constructs"
 _KILL = ("chosen so both construct fits meet their targets (module docstring); sd_log "
@@ -157,22 +158,10 @@ def blood_cells_per_ul(cells):
     return np.asarray(cells, dtype=float) * BLOOD_FRACTION / BLOOD_VOLUME_UL
 
 
-@rhs_kernel
-def rhs(n, t, y, p, dydt):
-    for l in range(n):
-        T, E, M, X, I = y[0, l], y[1, l], y[2, l], y[3, l], y[4, l]
-        r, Tcap, k, Kk, Ks = p[0, l], p[1, l], p[2, l], p[3, l], p[4, l]
-        alpha, delta, gamma, mu, nu = p[5, l], p[6, l], p[7, l], p[8, l], p[9, l]
-        dM, dX, s, c = p[10, l], p[11, l], p[12, l], p[13, l]
-        # one division for both saturations: stim = T/(Ks+T), kill = k E T Kk/(Kk+T)
-        inv = 1.0 / ((Ks + T) * (Kk + T))
-        stim = T * (Kk + T) * inv
-        kill = k * E * T * Kk * (Ks + T) * inv
-        dydt[0, l] = r * T * (Tcap - T) / Tcap - kill
-        dydt[1, l] = (alpha - gamma) * stim * E - (delta + mu) * E + nu * stim * M
-        dydt[2, l] = mu * E - dM * M - nu * stim * M
-        dydt[3, l] = gamma * stim * E - dX * X
-        dydt[4, l] = s * kill - c * I
+# The cart model's compiled right-hand side, under the population-balance
+# names: its parameters a, dE, gx, m, rho are alpha, delta, gamma, mu, nu here,
+# in the same positions (dE E + m E = (delta + mu) E), and the states are the same.
+rhs = cart.rhs
 
 
 def _tag(day):
