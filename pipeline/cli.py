@@ -177,7 +177,70 @@ def build_parser():
     query.add_argument("--csv", action="store_true", help="print CSV instead of a table")
     query.set_defaults(handler=cmd_query)
     _add_risk(commands)
+
+    fit = commands.add_parser(
+        "fit", help="fit a model to longitudinal data (individual WLS or population SAEM)",
+        description="Fit a structural model (stein, stein_ode, costim, cart) to a "
+                    "long-format data file (CSV or Parquet: id, time, name, value, "
+                    "optional blq, evid/amount dose records and covariate columns) as "
+                    "FIT.toml describes (pipeline/estimate/fitconfig.py): population NLME "
+                    "by SAEM with standard errors, individual estimates, -2LL by importance "
+                    "sampling. Writes estimates.csv, omega.csv, individual.csv, summary.md, "
+                    "goodness-of-fit and VPC plots and cohort.toml (the fitted population "
+                    "as a scenario's [cohort] tables) into DIR.")
+    fit.add_argument("data", metavar="DATA", help="data file (.csv or .parquet)")
+    fit.add_argument("--model", required=True, help="structural model name")
+    fit.add_argument("--config", metavar="FIT.toml", required=True, help="fit settings")
+    fit.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    fit.set_defaults(handler=cmd_fit)
+
+    simulate = commands.add_parser(
+        "simulate-data", help="a virtual clinical dataset from a scenario",
+        description="Sample a scenario's virtual patients, treat them as one of its arms, "
+                    "observe tumour (cells), CAR T (cells) and IL-6 (pg/mL) at the sampling "
+                    "days with measurement error and write the long-format data file that "
+                    "`cartcohort fit` reads (CSV or Parquet by the suffix of --out).")
+    simulate.add_argument("config", metavar="SCENARIO", help="scenario file (TOML)")
+    simulate.add_argument("--out", metavar="FILE", required=True, help="data file (.csv, .parquet)")
+    simulate.add_argument("--days", type=_numbers, required=True, metavar="D1,D2,...",
+                          help="sampling days after the infusion, e.g. 1,3,7,14,28,90,180,365")
+    simulate.add_argument("--error", choices=("additive", "proportional", "lognormal"),
+                          default="lognormal", help="measurement error model")
+    simulate.add_argument("--sigma", type=_per_observation, default=0.2, metavar="S",
+                          help="error size: one number or name=value,... (default 0.2)")
+    simulate.add_argument("--loq", type=_per_observation, default=None, metavar="L",
+                          help="limits of quantification: one number or name=value,... "
+                               "(values below are flagged blq); needed with lognormal error "
+                               "when tumour or IL-6 fall to 0")
+    simulate.add_argument("--observations", default="tumour,cart,il6", metavar="NAMES",
+                          help="observed quantities (default: tumour,cart,il6)")
+    simulate.add_argument("--arm", default=None, help="arm (default: the first)")
+    simulate.add_argument("--patients", type=_positive_int, default=None, metavar="N",
+                          help="override scenario.patients")
+    simulate.add_argument("--seed", type=_seed, default=0, help="measurement-error seed")
+    simulate.set_defaults(handler=cmd_simulate_data)
     return parser
+
+
+def _numbers(text):
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def _per_observation(text):
+    """'0.2' -> 0.2; 'tumour=0.3,cart=0.2' -> {'tumour': 0.3, 'cart': 0.2}."""
+    try:
+        if "=" not in text:
+            return float(text)
+        return {name.strip(): float(value) for name, value in
+                (item.split("=", 1) for item in text.split(",") if item.strip())}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or name=number,..., got {text!r}")
 
 
 def _fraction(text):
@@ -457,6 +520,32 @@ def cmd_risk_decide(args, out):
     utilities = Utilities(args.u_tp, args.u_fp, args.u_tn, args.u_fn)
     return _print_written(risk_decide(args.run, args.model, args.out, utilities, args.arm,
                                       args.split), "summary", out)
+
+
+def cmd_fit(args, out):
+    from pipeline.estimate.report import run_fit
+
+    paths = run_fit(args.data, args.model, args.config, args.out)
+    if "summary" in paths:
+        print(Path(paths["summary"]).read_text(encoding="utf-8"), file=out)
+    for path in paths.values():
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_simulate_data(args, out):
+    from pipeline.estimate.data import write_dataset
+    from pipeline.estimate.simulate import simulate_from_scenario
+
+    observations = tuple(v.strip() for v in args.observations.split(",") if v.strip())
+    data = simulate_from_scenario(args.config, args.days, error_model=args.error,
+                                  sigma=args.sigma, seed=args.seed, observations=observations,
+                                  arm=args.arm, patients=args.patients, loq=args.loq)
+    write_dataset(data, args.out)
+    print(f"{data.n_individuals:,} patients, {data.n_observations:,} observations "
+          f"({int(data.blq.sum()):,} below the limit of quantification)", file=out)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
 
 
 def _cell(value):

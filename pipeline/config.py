@@ -738,17 +738,21 @@ def scenario_from_text(text, source="<string>"):
     return _scenario(source, _parse(text, source), text, {})
 
 
-def load_scenario(path):
-    """Read and validate a scenario file."""
+def read_text(path):
+    """A TOML file's text, or ConfigError naming it ("cannot read: ...")."""
     source = str(path)
     try:
-        text = Path(path).read_bytes().decode("utf-8")
+        return Path(path).read_bytes().decode("utf-8")
     except OSError as exc:
         raise ConfigError(source, "cannot read", exc.strerror or str(exc)) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(source, "cannot read", f"not UTF-8 text ({exc.reason} at byte "
                                                  f"{exc.start})") from None
-    return scenario_from_text(text, source)
+
+
+def load_scenario(path):
+    """Read and validate a scenario file."""
+    return scenario_from_text(read_text(path), str(path))
 
 
 def with_overrides(scenario, patients=None, shard_size=None, seed=None):

@@ -4,6 +4,7 @@ The first run of ``demo`` may compile the kernel (about 30 s on a cold Numba
 disk cache); later runs load it from the cache.
 """
 import re
+from pathlib import Path
 import subprocess
 import sys
 
@@ -12,6 +13,20 @@ import pytest
 from kernels.models import get_model
 
 TIMEOUT = 600   # a cold Numba cache compiles the kernel first
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+SMALL_SCENARIO = """
+[scenario]
+name = "small"
+model = "cart"
+seed = 5
+patients = 100
+horizon_days = 365.0
+
+[[arms]]
+name = "fixed"
+policy = "fixed"
+dose_cells = 1e8
+"""
 
 
 def cartcohort(*args):
@@ -83,3 +98,47 @@ def test_help(args):
     result = cartcohort(*args)
     assert result.returncode == 0
     assert "usage: cartcohort" in result.stdout
+
+
+# -- simulate-data, fit, risk ----------------------------------------------------
+
+def test_simulate_data_writes_a_dataset_the_fitter_reads(tmp_path):
+    from pipeline.estimate.data import read_dataset
+
+    config = tmp_path / "small.toml"
+    config.write_text(SMALL_SCENARIO)
+    out = tmp_path / "data.parquet"
+    result = cartcohort("simulate-data", str(config), "--out", str(out), "--days", "1,7,28,90",
+                        "--patients", "30", "--loq", "tumour=1e6,cart=1e5,il6=1",
+                        "--observations", "tumour,il6")
+    assert result.returncode == 0, result.stderr
+    data = read_dataset(out)
+    assert data.n_individuals == 30 and data.n_observations == 30 * 4 * 2
+    assert set(data.name) == {"tumour", "il6"} and "tumour_burden_cells" in data.covariates
+    assert result.stdout.startswith("30 patients, 240 observations")
+    bad = cartcohort("simulate-data", str(config), "--out", str(out), "--days", "1,x")
+    assert bad.returncode == 2 and "--days" in bad.stderr
+
+
+def test_fit_runs_saem_from_the_command_line(tmp_path):
+    from pipeline.estimate.data import write_dataset
+    from pipeline.estimate.simulate import simulate_dataset
+
+    days = [1.0, 4.0, 9.0, 14.0, 28.0, 60.0, 90.0, 180.0, 270.0, 365.0]
+    data = simulate_dataset("stein", 60, days, sigma=0.3, seed=3)
+    path = tmp_path / "stein.csv"
+    write_dataset(data, path)
+    fit_config = CONFIGS / "fit_stein.toml"
+    result = cartcohort("fit", str(path), "--model", "stein", "--config", str(fit_config),
+                        "--out", str(tmp_path / "fit"))
+    assert result.returncode == 0, result.stderr
+    for name in ("estimates.csv", "omega.csv", "individual.csv", "summary.md", "gof.png",
+                 "vpc.png", "cohort.toml"):
+        assert (tmp_path / "fit" / name).stat().st_size > 0, name
+    assert "foldx" in result.stdout
+    lines = path.read_text().splitlines()
+    lines[3] = lines[3].replace(",", ",-", 1)             # a negative time on file row 4
+    path.write_text("\n".join(lines) + "\n")
+    bad = cartcohort("fit", str(path), "--model", "stein", "--config", str(fit_config),
+                     "--out", str(tmp_path / "fit2"))
+    assert bad.returncode == 2 and "row 4" in bad.stderr and len(bad.stderr.splitlines()) == 1
