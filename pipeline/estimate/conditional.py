@@ -4,19 +4,14 @@ importance sampling. Every evaluation covers all individuals in one batched
 prediction.
 
 Conditional mode: phi_i maximising p(y_i | phi) N(phi; m_i, Omega), i.e.
-minimising J_i(phi) = -2 log p(y_i | phi) + (phi - m_i)' W (phi - m_i),
-W = Omega^-1, by Levenberg-Marquardt steps taken for every individual at once:
-
-    delta_i = -(A_i + lambda_i diag(A_i))^-1 grad_i / 2,
-    A_i = sum_j de_j/dphi de_j/dphi' + W
-
-with e_j the residuals of :func:`residuals.objective_terms` (-2 log p(y_ij |
-phi) = e_j^2 + c_j) and grad_i the forward-difference gradient of J_i itself
-(so the fixed point is the exact mode also where c_j depends on phi, as in the
-proportional model); one forward difference per parameter (P predictions) gives
-both, with the structural model's ``fd_step`` (suited to its accuracy) or 1e-6.
-lambda_i is divided by 3 after a step that lowers J_i and multiplied by 4 (the
-step rejected) otherwise.
+minimising J_i(phi) = -2 log p(y_i | phi) + (phi - m_i)' Omega^-1 (phi - m_i):
+the maximum a posteriori fit of :func:`individual.fit_individuals` with the
+prior :class:`individual.Prior` (m_i [N, P], Omega^-1), batched
+Levenberg-Marquardt over all individuals, started from the given phi (the
+conditional means), with the structural model's ``fd_step`` (suited to its
+accuracy) or 1e-6 as the forward-difference step on the log scale. The
+parameters without random effects stay at their fixed values
+(:class:`EstimatedParameters`).
 
 -2 log-likelihood: -2 sum_i log p(y_i) with
 
@@ -31,72 +26,48 @@ method.
 import numpy as np
 from scipy.special import gammaln, logsumexp
 
-from pipeline.estimate.residuals import objective_terms
+from pipeline.estimate.individual import Prior, fit_individuals
+from pipeline.estimate.structural import StructuralModel
 
 T_DEGREES = 5
 STEP = 1e-6    # forward-difference step on the log scale, unless the model has its ``fd_step``
 ROWS_PER_CALL = 200_000         # observation rows per batched prediction (importance sampling)
 
 
-def _objective(observations, sigma, population, precision, phi):
-    """(J [N], predictions) at phi [N, P]."""
-    predicted = observations.predict(phi)
-    d = phi - population
-    prior = ((d @ precision) * d).sum(axis=1)
-    return -2.0 * observations.log_likelihood(predicted, sigma) + prior, predicted
+class EstimatedParameters(StructuralModel):
+    """``observations.structural`` as a model of the estimated parameters only
+    (phi's columns, natural scale), every other parameter at its fixed value."""
 
+    def __init__(self, observations):
+        structural = observations.structural
+        names = [structural.parameter_names[k] for k in observations.estimated]
+        super().__init__(structural.name, names, {n: structural.typical[n] for n in names},
+                         {}, observations.names)
+        self.fd_step = getattr(structural, "fd_step", STEP)
+        self.bound = observations
 
-def _residuals(observations, sigma, predicted):
-    data = observations.data
-    return objective_terms(observations.residual, data.value, predicted,
-                           observations.sigma_rows(sigma), data.blq)[0]
-
-
-def _gauss_newton_matrix(observations, jacobian, precision):
-    """A_i = sum over rows j of individual i of J_j J_j' + W: [N, P, P]."""
-    n, p = observations.n_individuals, jacobian.shape[1]
-    outer = (jacobian[:, :, None] * jacobian[:, None, :]).reshape(-1, p * p)
-    rows = observations.data.individual
-    summed = np.stack([np.bincount(rows, weights=outer[:, k], minlength=n)
-                       for k in range(p * p)], axis=1)
-    return summed.reshape(n, p, p) + precision[None]
+    def _predict_many(self, theta, data):
+        """One ``structural.predict`` for K x n individuals: the K parameter
+        sets of theta[K, n, P] on K copies of ``data``."""
+        k, n, _ = theta.shape
+        full = np.tile(self.bound.fixed, (k * n, 1))
+        full[:, self.bound.estimated] = theta.reshape(k * n, -1)
+        copies = data.subset(np.tile(np.arange(n), k))
+        with np.errstate(all="ignore"):
+            predicted = self.bound.structural.predict(full, copies)
+        return np.asarray(predicted, dtype=np.float64).reshape(k, -1)
 
 
 def modes(observations, sigma, population, omega, start, iterations):
-    """Conditional modes phi_i [N, P] (module docstring), from ``start``."""
-    precision = np.linalg.inv(omega)
-    phi = np.array(start, dtype=np.float64)
-    objective, predicted = _objective(observations, sigma, population, precision, phi)
-    damping = np.full(phi.shape[0], 1e-3)
-    n_par = phi.shape[1]
-    step_size = getattr(observations.structural, "fd_step", STEP)
-    for _ in range(iterations):
-        e = _residuals(observations, sigma, predicted)
-        jacobian = np.zeros((e.size, n_par))
-        gradient = np.zeros_like(phi)
-        for p in range(n_par):
-            shifted = phi.copy()
-            shifted[:, p] += step_size
-            value, shifted_prediction = _objective(observations, sigma, population,
-                                                   precision, shifted)
-            gradient[:, p] = (value - objective) / step_size
-            jacobian[:, p] = (_residuals(observations, sigma, shifted_prediction)
-                              - e) / step_size
-        gradient = np.where(np.isfinite(gradient), gradient, 0.0)
-        jacobian = np.where(np.isfinite(jacobian), jacobian, 0.0)
-        matrix = _gauss_newton_matrix(observations, jacobian, precision)
-        diagonal = np.einsum("npp->np", matrix)
-        damped = matrix + (damping[:, None] * diagonal)[:, :, None] * np.eye(n_par)[None]
-        step = -np.linalg.solve(damped, 0.5 * gradient[:, :, None])[:, :, 0]
-        trial_objective, trial_prediction = _objective(observations, sigma, population,
-                                                       precision, phi + step)
-        better = trial_objective < objective
-        phi[better] += step[better]
-        objective = np.where(better, trial_objective, objective)
-        rows = observations.data.individual
-        predicted = np.where(better[rows], trial_prediction, predicted)
-        damping = np.where(better, damping / 3.0, damping * 4.0)
-    return phi
+    """Conditional modes phi_i [N, P] (module docstring), from ``start`` [N, P]
+    with at most ``iterations`` Levenberg-Marquardt steps; sigma [G] per
+    observation name, population [N, P] the m_i."""
+    fit = fit_individuals(EstimatedParameters(observations), observations.data,
+                          observations.residual, dict(zip(observations.names, sigma)),
+                          initial=np.exp(start),
+                          prior=Prior(population, np.linalg.inv(omega)),
+                          max_iterations=iterations)
+    return np.log(fit.estimates)
 
 
 def _log_t_density(x, centre, cholesky, degrees):

@@ -215,7 +215,8 @@ def _levenberg_marquardt(evaluate, eta, individual, max_iterations, ftol, xtol, 
     objective, jtj, gradient = current["objective"], current["jtj"], current["gradient"]
     sum_sq = current["sum_sq"]
     predicted, residuals = current["predicted"].copy(), current["residuals"].copy()
-    status = np.where(np.isfinite(objective), RUNNING, INVALID_START).astype(np.int8)
+    first = RUNNING if max_iterations > 0 else MAX_ITERATIONS
+    status = np.where(np.isfinite(objective), first, INVALID_START).astype(np.int8)
     damping, nu = np.full(n, float(lambda0)), np.full(n, 2.0)
     iterations = np.zeros(n, np.int64)
 
@@ -269,7 +270,7 @@ def fit_individuals(structural, data, error_model, sigma, *, initial=None, prior
               (S starts per individual, all run in the same batch; the lowest
               objective wins); default the model's ``initial_estimates(data)``
     prior : Prior or None   Gaussian prior on log parameters (MAP / empirical Bayes)
-    max_iterations : int    trial evaluations per individual
+    max_iterations : int    trial evaluations per individual (0: the starts are kept)
     ftol, xtol : stopping tolerances (module docstring)
     lambda0 : initial damping; max_step : largest step on the log scale
     fd_step : forward-difference step on the log scale (default: the model's)

@@ -3,9 +3,10 @@ prediction, censored observations (M3) and their imputation, and simulation
 of observations.
 
 Several copies of the individuals (Markov chains, importance samples,
-simulation replicates) are evaluated together: :func:`replicate` stacks
-``copies`` copies of a dataset, copy c holding individuals c*N .. c*N + N - 1,
-so ``structural.predict`` is called once for all of them.
+simulation replicates) are evaluated together: :meth:`Observations.replicated`
+stacks ``copies`` copies of a dataset (``Dataset.subset`` with the indices
+tiled), copy c holding individuals c*N .. c*N + N - 1, so
+``structural.predict`` is called once for all of them.
 
 Residual scale. With the residual models of :mod:`pipeline.estimate.residuals`
 every uncensored observation has a residual on a Gaussian scale
@@ -30,26 +31,6 @@ from scipy.special import log_ndtr, ndtri
 
 from pipeline.estimate.data import Dataset
 from pipeline.estimate.residuals import check_model, log_likelihood, weighted_residuals
-
-
-def replicate(data, copies):
-    """A Dataset holding ``copies`` copies of ``data``'s individuals (copy c:
-    individuals c*N .. c*N + N - 1, ids repeated); observation rows and doses
-    are tiled in copy order, so they stay grouped by individual."""
-    if copies == 1:
-        return data
-    n = data.n_individuals
-    shift = n * np.arange(copies)
-
-    def tile_index(index):
-        return (index[None, :] + shift[:, None]).ravel()
-
-    return Dataset(
-        np.tile(data.ids, copies), tile_index(data.individual), np.tile(data.time, copies),
-        np.tile(data.name, copies), np.tile(data.value, copies), np.tile(data.blq, copies),
-        tile_index(data.dose_individual), np.tile(data.dose_time, copies),
-        np.tile(data.dose_amount, copies),
-        {k: np.tile(v, copies) for k, v in data.covariates.items()}, None, data.source)
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,7 +70,8 @@ class Observations:
 
     def replicated(self, copies):
         """The same observations for ``copies`` copies of every individual."""
-        return replace(self, data=replicate(self.data, copies),
+        copies_of_individuals = np.tile(np.arange(self.n_individuals), copies)
+        return replace(self, data=self.data.subset(copies_of_individuals),
                        groups=np.tile(self.groups, copies), copies=copies * self.copies)
 
     @property
