@@ -19,8 +19,12 @@ N = 400
 
 
 @pytest.fixture(scope="module")
-def arms():
-    scenario = with_overrides(load_scenario(CONFIG), patients=N, shard_size=N)
+def scenario():
+    return with_overrides(load_scenario(CONFIG), patients=N, shard_size=N)
+
+
+@pytest.fixture(scope="module")
+def arms(scenario):
     return {name: tables[0].to_pandas() for name, tables in run_shard(scenario, 0).items()}
 
 
@@ -51,3 +55,24 @@ def test_steroids_also_slow_car_t_expansion(arms):
     assert np.array_equal(treated, np.isfinite(toci["t_tocilizumab_d"].to_numpy()))
     ratio = steroids["cart_auc_cells_d"][treated] / toci["cart_auc_cells_d"][treated]
     assert np.median(ratio) < 0.95
+
+
+def test_the_report_section_counts_who_was_treated(arms, scenario, tmp_path):
+    import pandas as pd
+
+    from pipeline.config import scenario_from_text
+    from pipeline.sections import interventions
+
+    patients = pd.concat([frame.assign(arm=name) for name, frame in arms.items()],
+                         ignore_index=True)
+    section = interventions.section(patients, scenario, tmp_path)
+    table = pd.read_csv(section.files["interventions"])
+    assert list(table["arm"]) == ["universal_tocilizumab", "triggered_tocilizumab",
+                                  "triggered_steroids"]
+    triggered = arms["triggered_tocilizumab"]["t_tocilizumab_d"]
+    assert table.loc[1, "treated"] == int(np.isfinite(triggered).sum())
+    assert table.loc[1, "day_median"] == pytest.approx(np.nanmedian(triggered))
+    assert table.loc[0, "share"] == 1.0
+    without = scenario_from_text(scenario.text.split("[[arms]]")[0]
+                                 + '[[arms]]\nname = "none"\npolicy = "fixed"\ndose_cells = 1e8\n')
+    assert interventions.section(patients, without, tmp_path) is None

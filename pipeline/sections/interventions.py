@@ -1,13 +1,12 @@
 """Interventions (tocilizumab, corticosteroids...): who got them and when.
 
-Applies when the run has ``t_<name>_d`` columns (the day each intervention was
-given, NaN when never; ``[[arms.interventions]]`` in pipeline/config.py). Per
+Applies when the run's scenario has interventions (``[[arms.interventions]]``
+in pipeline/config.py); their ``t_<name>_d`` columns hold the day each was
+given, NaN when never. Per
 arm and intervention: the share of patients treated with its Wilson 95%
 interval, the median (10th-90th percentile) day given, and the severe CRS and
 response rates among the treated and the untreated. Writes ``interventions.csv``.
 """
-import re
-
 import numpy as np
 import pandas as pd
 
@@ -15,7 +14,6 @@ from pipeline.aggregate import wilson_interval
 from pipeline.figures import md_table
 
 FILES = {"interventions": "interventions.csv"}
-_COLUMN = re.compile(r"t_(.+)_d")
 
 
 def _rate(events, n):
@@ -25,34 +23,23 @@ def _rate(events, n):
     return events / n, float(lo), float(hi)
 
 
-def _configured(patients, scenario, columns):
-    """(arm, intervention) pairs: from the scenario, else where anyone was treated."""
-    if scenario is not None:
-        return {(arm.name, i.name) for arm in scenario.arms for i in arm.interventions}
-    return {(arm, _COLUMN.fullmatch(c)[1]) for c in columns
-            for arm in patients.loc[np.isfinite(patients[c].to_numpy(float)), "arm"].unique()}
-
-
-def intervention_table(patients, columns, pairs):
-    """One row per (arm, intervention) pair in ``pairs`` (patients with status 0)."""
+def intervention_table(patients, pairs):
+    """One row per (arm, intervention name) pair in ``pairs`` (patients with status 0)."""
     ok = patients[patients["status"] == 0]
     rows = []
-    for column in columns:
-        name = _COLUMN.fullmatch(column)[1]
-        for arm, group in ok.groupby("arm", sort=False):
-            if (arm, name) not in pairs:
-                continue
-            day = group[column].to_numpy(float)
-            given = np.isfinite(day)
-            share, lo, hi = _rate(int(given.sum()), len(group))
-            q = np.percentile(day[given], [50, 10, 90]) if given.any() else [np.nan] * 3
-            rows.append({"arm": arm, "intervention": name, "n": len(group),
-                         "treated": int(given.sum()), "share": share, "lower": lo, "upper": hi,
-                         "day_median": q[0], "day_p10": q[1], "day_p90": q[2],
-                         "severe_crs_treated": group.loc[given, "severe_crs"].mean(),
-                         "severe_crs_untreated": group.loc[~given, "severe_crs"].mean(),
-                         "response_treated": group.loc[given, "responded"].mean(),
-                         "response_untreated": group.loc[~given, "responded"].mean()})
+    for arm, name in pairs:
+        group = ok[ok["arm"] == arm]
+        day = group[f"t_{name}_d"].to_numpy(float)
+        given = np.isfinite(day)
+        share, lo, hi = _rate(int(given.sum()), len(group))
+        q = np.percentile(day[given], [50, 10, 90]) if given.any() else [np.nan] * 3
+        rows.append({"arm": arm, "intervention": name, "n": len(group),
+                     "treated": int(given.sum()), "share": share, "lower": lo, "upper": hi,
+                     "day_median": q[0], "day_p10": q[1], "day_p90": q[2],
+                     "severe_crs_treated": group.loc[given, "severe_crs"].mean(),
+                     "severe_crs_untreated": group.loc[~given, "severe_crs"].mean(),
+                     "response_treated": group.loc[given, "responded"].mean(),
+                     "response_untreated": group.loc[~given, "responded"].mean()})
     return pd.DataFrame(rows)
 
 
@@ -68,10 +55,12 @@ def _days(row):
 
 def section(patients, scenario, out_dir):
     from pipeline.sections import Section
-    columns = [c for c in patients.columns if _COLUMN.fullmatch(c)]
-    if not columns:
+    if scenario is None:
         return None
-    table = intervention_table(patients, columns, _configured(patients, scenario, columns))
+    pairs = [(arm.name, i.name) for arm in scenario.arms for i in arm.interventions]
+    if not pairs or any(f"t_{name}_d" not in patients.columns for _, name in pairs):
+        return None
+    table = intervention_table(patients, pairs)
     path = out_dir / FILES["interventions"]
     table.to_csv(path, index=False)
     rows = [[r.arm, r.intervention, f"{_pct(r.share)} [{_pct(r.lower)}, {_pct(r.upper)}]",
