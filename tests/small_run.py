@@ -5,15 +5,8 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 
-SCENARIO = """
-[scenario]
-name = "small"
-model = "cart"
-seed = 7
-patients = 600
-shard_size = 100
-horizon_days = 365.0
-
+# the fixed and adaptive arms most test scenarios share
+FIXED_AND_ADAPTIVE_ARMS = """\
 [[arms]]
 name = "fixed"
 policy = "fixed"
@@ -26,6 +19,17 @@ target_il6_pg_ml = 1000.0
 min_dose_cells = 1e7
 max_dose_cells = 1e9
 """
+
+SCENARIO = """
+[scenario]
+name = "small"
+model = "cart"
+seed = 7
+patients = 600
+shard_size = 100
+horizon_days = 365.0
+
+""" + FIXED_AND_ADAPTIVE_ARMS
 
 
 def patients(run_dir):

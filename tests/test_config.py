@@ -16,6 +16,7 @@ from kernels.models import get_model
 from pipeline.cohort import CohortSpec
 from pipeline.config import (ConfigError, load_scenario, scenario_from_text,
                              with_overrides)
+from small_run import FIXED_AND_ADAPTIVE_ARMS
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SOURCE = "bad.toml"
@@ -28,18 +29,7 @@ seed = 1
 patients = 100
 horizon_days = 365.0
 
-[[arms]]
-name = "fixed"
-policy = "fixed"
-dose_cells = 1e8
-
-[[arms]]
-name = "adaptive"
-policy = "adaptive"
-target_il6_pg_ml = 1000.0
-min_dose_cells = 1e7
-max_dose_cells = 1e9
-"""
+""" + FIXED_AND_ADAPTIVE_ARMS
 
 
 def rep(old, new):

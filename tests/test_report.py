@@ -17,6 +17,7 @@ import pytest
 from pipeline.config import scenario_from_text
 from pipeline.query import open_patients, open_trajectories, query
 from pipeline.report import FILES, build_report, format_arm_table, read_arm_tables
+from small_run import FIXED_AND_ADAPTIVE_ARMS
 
 ARMS = ("fixed", "adaptive", "oracle")
 PATIENTS, SHARD_SIZE = 300, 150
@@ -33,18 +34,7 @@ patients = 300
 shard_size = 150
 horizon_days = 365.0
 
-[[arms]]
-name = "fixed"
-policy = "fixed"
-dose_cells = 1e8
-
-[[arms]]
-name = "adaptive"
-policy = "adaptive"
-target_il6_pg_ml = 1000.0
-min_dose_cells = 1e7
-max_dose_cells = 1e9
-
+""" + FIXED_AND_ADAPTIVE_ARMS + """
 [[arms]]
 name = "oracle"
 policy = "oracle"
