@@ -16,13 +16,16 @@ import pytest  # noqa: E402
 from kernels.dopri5 import Doses  # noqa: E402
 from kernels.models import get_model  # noqa: E402
 
-DOSE = 0.1          # 1e8 CAR T cells, in units of 1e9 cells (DESIGN.md s3)
-T0_MEDIAN, T0_SD_LOG = 10.0, 1.0
+DOSE = 0.1          # 1e8 CAR T cells, in units of 1e9 cells
+# baseline tumour (units of 1e9 cells: median, sd of log) of each model's random
+# patients: cart's starting point (1e10 cells) and cart2's DLBCL-like cohort
+# (1e11 cells, configs/default.toml)
+TUMOUR0 = {"cart": (10.0, 1.0), "cart2": (100.0, 1.2)}
 
 
 @dataclass(frozen=True)
 class Cohort:
-    """N cart patients: ``y0`` before the infusion (E = 0), ``params`` [N, P],
+    """N patients: ``y0`` before the infusion (E = 0), ``params`` [N, P],
     ``doses`` (DOSE into E at t = 0, as a kernel ``Doses``) and ``y0_dosed``,
     the same initial state with the dose already added (for scipy)."""
 
@@ -41,22 +44,29 @@ class Cohort:
                       self.y0_dosed[index])
 
 
-def sample_cart_patients(n, seed):
-    """N patients of the reference model: every parameter log-normal around its
-    typical value with its own ``sd_log``; T0 log-normal around 10 (sd log 1.0);
-    I0 at its typical value; E = M = X = 0 before a dose of 0.1 into E at t = 0."""
-    model = get_model("cart")
+def sample_patients(n, seed, model_name="cart"):
+    """N patients of a reference model (``cart`` or ``cart2``): every parameter
+    log-normal around its typical value with its own ``sd_log``; T0 log-normal
+    (:data:`TUMOUR0`); other states at their typical initial values, CAR T at 0
+    before a dose of 0.1 into E at t = 0."""
+    model = get_model(model_name)
     rng = np.random.default_rng(seed)
     typical = model.typical_parameters()
     sd_log = np.array([p.sd_log for p in model.parameters])
     params = typical * np.exp(sd_log * rng.standard_normal((n, typical.size)))
     y0 = np.tile(model.typical_initial_state(E=0.0, M=0.0, X=0.0), (n, 1))
-    y0[:, model.state_index("T")] = T0_MEDIAN * np.exp(T0_SD_LOG * rng.standard_normal(n))
+    median, sd = TUMOUR0[model_name]
+    y0[:, model.state_index("T")] = median * np.exp(sd * rng.standard_normal(n))
     e = model.state_index("E")
     doses = Doses(np.array([0.0]), np.array(["E"]), np.full((n, 1), DOSE))
     y0_dosed = y0.copy()
     y0_dosed[:, e] += DOSE
     return Cohort(np.ascontiguousarray(y0), np.ascontiguousarray(params), doses, y0_dosed)
+
+
+def sample_cart_patients(n, seed):
+    """N patients of the ``cart`` model (:func:`sample_patients`)."""
+    return sample_patients(n, seed, "cart")
 
 
 @pytest.fixture(scope="session")

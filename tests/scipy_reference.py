@@ -43,6 +43,40 @@ def cart_rhs(params, auc_of_car_t=False):
     return f
 
 
+def cart2_rhs(params, auc_of_car_t=False):
+    """f(t, y) of the reference model ``cart2`` (kernels/models/cart2.py
+    docstring), transcribed again; with ``auc_of_car_t`` a seventh state
+    integrates E + M + X."""
+    (r, Tmax, Text, a, h, Ks, w_inf, tau_w, Kc, dE, gx, lam50, m, rho, dM, dX, k, Kk, Ke,
+     kA, wc, dA, sI, cI, I0) = (float(v) for v in params)
+
+    def f(t, y):
+        T, E, M, X, A, I = y.tolist()[:6]
+        window = w_inf + (1.0 - w_inf) * np.exp(-t / tau_w)
+        stimulation = T / (Ks + T)
+        engaged = T / (Kk + T + Ke * E)
+        crowding = Kc / (Kc + E + M + X)
+        load = T / (lam50 * E + T) if T > 0.0 else 0.0
+        out = [
+            r * T * (1.0 - T / Tmax) * T / (T + Text) - k * E * engaged,
+            ((a * stimulation + h) * window * crowding - dE - gx * load - m) * E
+            + rho * stimulation * M,
+            m * E - dM * M - rho * stimulation * M,
+            gx * load * E - dX * X,
+            kA * E * (engaged + wc * stimulation) - dA * A,
+            sI * A - cI * (I - I0),
+        ]
+        if auc_of_car_t:
+            out.append(E + M + X)
+        return np.array(out)
+
+    return f
+
+
+# the reference right-hand side of each model the kernel tests compare
+REFERENCE_RHS = {"cart": cart_rhs, "cart2": cart2_rhs}
+
+
 def predator_prey_rhs(params):
     """f(t, y) of kernels/models/predator_prey.py; the IL-6 state when y has 3 entries."""
     r, k, b, d = (float(v) for v in params[:4])

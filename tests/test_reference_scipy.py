@@ -1,13 +1,14 @@
-"""Acceptance: the kernel against scipy on random patients of the reference model.
+"""Acceptance: the kernel against scipy on random patients of the reference
+models, ``cart2`` and the superseded ``cart``.
 
-For 300 random patients of ``cart`` the six features (peak IL-6 and its time,
+For 300 random patients of ``cart`` (100 of ``cart2``) the six features (peak IL-6 and its time,
 CAR T AUC of E + M + X, tumour minimum, tumour at day 28 and day 365) agree with
 a tight scipy DOP853 reference (rtol 1e-10) within a relative error of 1e-4 when
 the kernel runs at rtol 1e-7; and, at equal tolerances, with scipy RK45 to the
 tolerance's order.
 
 The reference integrates an independent numpy transcription of the equations
-(scipy_reference.py), with a sixth state dAUC/dt = E + M + X so
+(scipy_reference.py), with an extra state dAUC/dt = E + M + X so
 the AUC is exact, and locates the extrema by brentq on the model's derivative.
 """
 import numpy as np
@@ -15,10 +16,12 @@ import pytest
 
 from kernels import features as F
 from kernels.dopri5 import solve
-from scipy_reference import (cart_rhs, describe_worst, extremum_interpolant, extremum_rhs,
-                             relative_error, segment_integral, solve_dense)
+from conftest import sample_patients
+from kernels.models import get_model
+from scipy_reference import (REFERENCE_RHS, describe_worst, extremum_interpolant,
+                             extremum_rhs, relative_error, segment_integral, solve_dense)
 
-N_PATIENTS = 300
+N_PATIENTS = {"cart": 300, "cart2": 100}
 SEED = 20240611
 T1 = 365.0
 CAR_T = {"E": 1.0, "M": 1.0, "X": 1.0}
@@ -36,64 +39,81 @@ RK45_PATIENTS = 30
 RK45_RTOL = 1e-6
 
 
-def reference_features(y0_dosed, params, mode):
+def reference_features(model, y0_dosed, params, mode):
     """The six features from a scipy solution: ``mode="tight"`` is DOP853 at
     rtol 1e-10 with the AUC as an extra state and extrema refined on the
     derivative; ``mode="rk45"`` is RK45 at the kernel's tolerance, features taken
     from its quartic interpolant as the kernel defines them."""
+    rhs = REFERENCE_RHS[model.name]
+    il6, tumour = model.state_index("I"), model.state_index("T")
     if mode == "tight":
-        f = cart_rhs(params, auc_of_car_t=True)
+        f = rhs(params, auc_of_car_t=True)
         sol = solve_dense(f, np.append(y0_dosed, 0.0), 0.0, T1, atol=TIGHT_ATOL)
-        peak, t_peak = extremum_rhs(sol, f, 4, +1.0)
-        tumour_min, _ = extremum_rhs(sol, f, 0, -1.0)
-        auc = sol.y[5, -1]
+        peak, t_peak = extremum_rhs(sol, f, il6, +1.0)
+        tumour_min, _ = extremum_rhs(sol, f, tumour, -1.0)
+        auc = sol.y[-1, -1]
     else:
-        f = cart_rhs(params)
+        f = rhs(params)
         sol = solve_dense(f, y0_dosed, 0.0, T1, method="RK45", rtol=RK45_RTOL, atol=ATOL)
-        peak, t_peak = extremum_interpolant(sol, 4, +1.0)
-        tumour_min, _ = extremum_interpolant(sol, 0, -1.0)
-        auc = segment_integral(sol, [0, 1, 1, 1, 0])
-    values = [peak, t_peak, auc, tumour_min, sol.sol(28.0)[0], sol.y[0, -1]]
+        peak, t_peak = extremum_interpolant(sol, il6, +1.0)
+        tumour_min, _ = extremum_interpolant(sol, tumour, -1.0)
+        auc = segment_integral(sol, [1.0 if name in CAR_T else 0.0
+                                     for name in model.state_names])
+    values = [peak, t_peak, auc, tumour_min, sol.sol(28.0)[tumour], sol.y[tumour, -1]]
     return np.array(values), sol.t.size - 1
 
 
-@pytest.fixture(scope="module")
-def cohort(cart_patients):
-    return cart_patients(N_PATIENTS, SEED)
+@pytest.fixture(scope="module", params=sorted(N_PATIENTS))
+def model(request):
+    return get_model(request.param)
 
 
 @pytest.fixture(scope="module")
-def tight(cohort):
+def cohort(model):
+    return sample_patients(N_PATIENTS[model.name], SEED, model.name)
+
+
+@pytest.fixture(scope="module")
+def tight(model, cohort):
     """Tight DOP853 features for every patient, [N, 6]."""
-    return np.array([reference_features(cohort.y0_dosed[i], cohort.params[i], "tight")[0]
+    return np.array([reference_features(model, cohort.y0_dosed[i], cohort.params[i], "tight")[0]
                      for i in range(len(cohort))])
 
 
-def kernel_features(cart, cohort, rtol):
-    sol = solve(cart, cohort.y0, cohort.params, 0.0, T1, rtol=rtol, atol=ATOL,
+def kernel_features(model, cohort, rtol):
+    sol = solve(model, cohort.y0, cohort.params, 0.0, T1, rtol=rtol, atol=ATOL,
                 doses=cohort.doses, features=FEATURES)
     assert np.all(sol.status == 0), f"statuses {np.unique(sol.status)}"
     return sol
 
 
-def test_features_match_tight_dop853(cart, cohort, tight):
-    """300 random cart patients at kernel rtol 1e-7: every feature within 1e-4
+def test_features_match_tight_dop853(model, cohort, tight):
+    """300 random cart (100 cart2) patients at kernel rtol 1e-7: every feature within 1e-4
     relative of scipy DOP853 at rtol 1e-10 (tumour values floored at 1e3 cells,
     times at 1 day)."""
-    sol = kernel_features(cart, cohort, 1e-7)
+    sol = kernel_features(model, cohort, 1e-7)
     errors = relative_error(sol.features, tight, FLOORS)
     assert np.all(errors <= 1e-4), describe_worst(errors, NAMES, sol.features, tight)
 
 
-def test_peak_time_within_1e4_days(cart, cohort, tight):
-    """The time of peak IL-6 at kernel rtol 1e-7 is within 1e-4 days of the tight
-    reference for all 300 patients, although the kernel's steps average about
-    0.4 days (some 4000x coarser): the peak is refined on the interpolant."""
-    sol = kernel_features(cart, cohort, 1e-7)
+# Bound on the error of the IL-6 peak time (days). cart2's IL-6 is made by a
+# lagged myeloid pool (two first-order stages between CAR T and IL-6), so its
+# peak is flatter than cart's and its time less sharply defined by the values:
+# worst measured 2.8e-4 days (24 s) over the 100 patients.
+PEAK_TIME_BOUND = {"cart": 1e-4, "cart2": 5e-4}
+
+
+def test_peak_time_within_bound(model, cohort, tight):
+    """The time of peak IL-6 at kernel rtol 1e-7 is within PEAK_TIME_BOUND
+    days of the tight reference for every patient, although the kernel's steps
+    average 0.4 days or more (thousands of times coarser): the peak is refined
+    on the interpolant."""
+    sol = kernel_features(model, cohort, 1e-7)
     error = np.abs(sol.features[:, 1] - tight[:, 1])
     mean_step = T1 / sol.n_steps
     assert np.all(mean_step > 0.1)
-    assert np.all(error <= 1e-4), f"worst {error.max():.3g} days (patient {error.argmax()})"
+    bound = PEAK_TIME_BOUND[model.name]
+    assert np.all(error <= bound), f"worst {error.max():.3g} days (patient {error.argmax()})"
 
 
 def test_reference_cohort_is_varied(tight):
@@ -107,14 +127,14 @@ def test_reference_cohort_is_varied(tight):
 
 
 @pytest.fixture(scope="module")
-def rk45(cohort):
+def rk45(model, cohort):
     """RK45 at rtol 1e-6 for the first patients: features [n, 6] and steps [n]."""
-    results = [reference_features(cohort.y0_dosed[i], cohort.params[i], "rk45")
+    results = [reference_features(model, cohort.y0_dosed[i], cohort.params[i], "rk45")
                for i in range(RK45_PATIENTS)]
     return np.array([r[0] for r in results]), np.array([r[1] for r in results])
 
 
-def test_same_order_as_rk45_at_equal_tolerance(cart, cohort, tight, rk45):
+def test_same_order_as_rk45_at_equal_tolerance(model, cohort, tight, rk45):
     """Kernel and scipy RK45, both at rtol 1e-6 and atol 1e-12, on 30 patients.
 
     Same method and same error norm, so (1) each patient takes within
@@ -126,7 +146,7 @@ def test_same_order_as_rk45_at_equal_tolerance(cart, cohort, tight, rk45):
     """
     rk45_values, rk45_steps = rk45
     sub = cohort.subset(np.arange(RK45_PATIENTS))
-    sol = kernel_features(cart, sub, RK45_RTOL)
+    sol = kernel_features(model, sub, RK45_RTOL)
     ref = tight[:RK45_PATIENTS]
 
     ratio = sol.n_steps / rk45_steps
@@ -143,7 +163,7 @@ def test_same_order_as_rk45_at_equal_tolerance(cart, cohort, tight, rk45):
     assert np.all(e_kernel <= 100 * RK45_RTOL), describe_worst(e_kernel, NAMES, sol.features, ref)
 
 
-def test_errors_shrink_with_tolerance(cart, cohort, tight):
+def test_errors_shrink_with_tolerance(model, cohort, tight):
     """Tolerance proportionality on the RK45 subset: from rtol 1e-5 to 1e-8
     the RMS error of every feature falls by at least 100x (global errors of an
     error-per-step controlled method scale with the tolerance: ~1000x expected;
@@ -152,6 +172,6 @@ def test_errors_shrink_with_tolerance(cart, cohort, tight):
     ref = tight[:RK45_PATIENTS]
     rms = []
     for rtol in (1e-5, 1e-8):
-        e = relative_error(kernel_features(cart, sub, rtol).features, ref, FLOORS)
+        e = relative_error(kernel_features(model, sub, rtol).features, ref, FLOORS)
         rms.append(np.sqrt(np.mean(e ** 2, axis=0)))
     assert np.all(rms[1] * 100 <= rms[0]), f"rms at 1e-5: {rms[0]}, at 1e-8: {rms[1]}"

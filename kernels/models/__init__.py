@@ -1,5 +1,5 @@
 """The model library. ``get_model(name, **options)`` returns a :class:`Model`."""
-from kernels.models import cart, predator_prey
+from kernels.models import cart, cart2, predator_prey
 from kernels.models import dual_antigen
 from kernels.models import translation
 from kernels.models import kinetics
@@ -11,6 +11,7 @@ MODELS = {
     "costim": costim.model,
     "translation": translation.model,
     "dual_antigen": dual_antigen.model,
+    "cart2": cart2.model,
     "cart": cart.model,
     "predator_prey": predator_prey.model,
 }

@@ -29,9 +29,7 @@ relapsed (``relapsed``: the tumour fell to ``response_fraction`` x T0 and later
 climbed back above ``relapse_fraction`` x T0, :mod:`pipeline.outcomes`) at any
 time up to the horizon: a response still in place at the end of the horizon.
 """
-import numpy as np
-
-from kernels import features as kf
+from kernels.models import phenotype
 from kernels.models.base import Model, Parameter, State, kill_over_growth, rhs_kernel
 
 _DESIGN = "DESIGN.md s3 (starting point for calibration)"
@@ -81,46 +79,15 @@ def rhs(n, t, y, p, dydt):
 
 
 # Days of the phenotype columns: day 28, the month-1 landmark of CAR T kinetics
-# (AUC0-28, Stein et al. 2019; ZUMA-1 day-28 levels, Kimmel et al. 2021;
-# science/REFERENCES.md); day 90, the month-3 response assessment
-# (configs/default.toml's response_day).
+# (AUC0-28, Stein et al. 2019; ZUMA-1 day-28 levels, Kimmel et al. 2021); day 90,
+# the month-3 response assessment (configs/default.toml's response_day).
 PHENOTYPE_DAYS = (28.0, 90.0)
-CAR_T = ("E", "M", "X")
-PHENOTYPES = (("memory", "M"), ("exhausted", "X"))
-
-
-def _tag(day):
-    """28.0 -> "d28", the phenotype day in a column name."""
-    return f"d{day:g}"
-
-
-def extra_features(outcomes, horizon_days):
-    """All, memory and exhausted CAR T cells at each phenotype day within the horizon."""
-    features = []
-    for day in (d for d in PHENOTYPE_DAYS if d <= horizon_days):
-        features.append((f"cart_{_tag(day)}_cells", kf.value_at(dict.fromkeys(CAR_T, 1.0), day),
-                         True))
-        features += [(f"cart_{name}_{_tag(day)}_cells", kf.value_at(state, day), True)
-                     for name, state in PHENOTYPES]
-    return features
-
-
-def extra_outcomes(columns, params):
-    """Memory and exhausted fractions of all CAR T cells at the phenotype days
-    that ``columns`` has (those within the horizon), and ``durable_response``
-    (module docstring)."""
-    extra = {}
-    for tag in (_tag(day) for day in PHENOTYPE_DAYS if f"cart_{_tag(day)}_cells" in columns):
-        for name, _ in PHENOTYPES:
-            extra[f"{name}_fraction_{tag}"] = (columns[f"cart_{name}_{tag}_cells"]
-                                               / columns[f"cart_{tag}_cells"])
-    extra["durable_response"] = np.asarray(columns["responded"]) & ~np.asarray(columns["relapsed"])
-    return extra
+extra_features, extra_outcomes = phenotype.landmarks(PHENOTYPE_DAYS)
 
 
 def model():
     return Model("cart", "reference CAR T model: tumour, effector/memory/exhausted CAR T, IL-6",
                  STATES, PARAMETERS, rhs,
-                 roles={"tumour": ("T",), "car_t": CAR_T, "il6": ("I",), "infusion": ("E",)},
+                 roles={"tumour": ("T",), "car_t": phenotype.CAR_T, "il6": ("I",), "infusion": ("E",)},
                  efficacy_ratio=kill_over_growth(PARAMETERS),
                  extra_features=extra_features, extra_outcomes=extra_outcomes)
