@@ -12,6 +12,8 @@
     cartcohort report RUN             write a run's report (tables, Markdown, plots)
     cartcohort query RUN "SQL"        run SQL over a run's results (views patients,
                                       trajectories)
+    cartcohort calibrate TARGETS.toml --out DIR [--patients N] [--perturb F]
+                                      fit typical values to published summary statistics
 
 Results go to stdout, progress and timing to stderr. A usage or input error is
 one line on stderr and exit status 2.
@@ -83,7 +85,8 @@ def build_parser():
         description="Validate the scenario, then integrate its shards on a local Dask "
                     "cluster (one single-threaded worker process per core) into a Parquet "
                     "dataset RUN/patients/arm=<arm>/part-<shard>.parquet with "
-                    "RUN/_manifest.json, write the report (RUN/report/) and print the "
+                    "RUN/_manifest.json, write the report (RUN/report/) and print whether "
+                    "each arm beats the reference (lead response and severe CRS), the "
                     "per-arm rates and paired differences. RUN is --out, or the scenario's "
                     "[output] dir / name. A killed run is finished with --resume.")
     run.add_argument("config", metavar="CONFIG", help="scenario file (TOML)")
@@ -139,7 +142,7 @@ def build_parser():
         "finalize", help="check a run's shards, write its manifest and report",
         description="After the array tasks: check that every shard of RUN is written "
                     "(exit 2 naming the missing ones otherwise), record them in the "
-                    "manifest, write the report and print the per-arm table.")
+                    "manifest, write the report and print the verdicts and the per-arm table.")
     finalize.add_argument("config", metavar="CONFIG", help="scenario file (TOML)")
     finalize.add_argument("--out", metavar="DIR", required=True, help="run directory")
     finalize.set_defaults(handler=cmd_finalize)
@@ -157,9 +160,10 @@ def build_parser():
         "report", help="write a run's report: tables, Markdown and plots",
         description="Read a run directory's patients dataset, manifest and config and "
                     "write RUN/report/: summary.csv, paired.csv, strata.csv, report.md and "
-                    "PNG plots (see pipeline/report.py). The per-arm table (rates with "
-                    "Wilson 95% intervals, paired differences with exact intervals) goes to "
-                    "stdout, the paths written to stderr.")
+                    "PNG plots (see pipeline/report.py). The verdict per arm against the "
+                    "reference and the per-arm table (rates with Wilson 95% intervals, "
+                    "paired differences with exact intervals) go to stdout, the paths "
+                    "written to stderr.")
     report.add_argument("run", metavar="RUN", help="run directory (<output.dir>/<scenario>)")
     report.set_defaults(handler=cmd_report)
 
@@ -219,6 +223,27 @@ def build_parser():
                           help="override scenario.patients")
     simulate.add_argument("--seed", type=_seed, default=0, help="measurement-error seed")
     simulate.set_defaults(handler=cmd_simulate_data)
+
+    calibrate = commands.add_parser(
+        "calibrate", help="fit a model's typical values to published summary statistics",
+        description="Fit the typical values that TARGETS.toml lists to its published "
+                    "summary statistics (response and severe-CRS rates, rates by burden "
+                    "tertile, CAR T kinetic medians, ...) on a fixed virtual cohort of its "
+                    "scenario (common random numbers: a deterministic objective), by "
+                    "least squares on the log scale (scipy). Writes fitted.toml, "
+                    "targets.csv, parameters.csv (with which parameters the targets do not "
+                    "identify), trace.csv, calibration.png and calibration.md into DIR "
+                    "(pipeline/calibration). Progress goes to stderr.")
+    calibrate.add_argument("targets", metavar="TARGETS.toml", help="targets file")
+    calibrate.add_argument("--out", metavar="DIR", required=True, help="output directory")
+    calibrate.add_argument("--patients", type=_integer_at_least(10, "integer >= 10"),
+                           default=None, metavar="N", help="override calibration.patients")
+    calibrate.add_argument("--perturb", type=_fraction, default=None, metavar="F",
+                           help="start from the typical values each multiplied by a random "
+                                "factor in [1 - F, 1 + F] (a robustness check)")
+    calibrate.add_argument("--perturb-seed", type=_seed, default=0, metavar="S",
+                           help="seed of the --perturb factors (default: %(default)s)")
+    calibrate.set_defaults(handler=cmd_calibrate)
     return parser
 
 
@@ -468,13 +493,13 @@ def cmd_finalize(args, out):
 
 
 def cmd_report(args, out):
-    from pipeline.report import build_report, format_arm_table, read_arm_tables
+    from pipeline.report import build_report, console_summary
 
     try:
         paths = build_report(args.run)
     except OSError as exc:
         raise ValueError(f"{exc.filename or args.run}: {exc.strerror or exc}") from None
-    print(format_arm_table(*read_arm_tables(paths["summary"].parent)), file=out)
+    print(console_summary(args.run), file=out)
     for path in paths.values():
         print(f"wrote {path}", file=sys.stderr)
     return 0
@@ -528,6 +553,40 @@ def cmd_fit(args, out):
     paths = run_fit(args.data, args.model, args.config, args.out)
     if "summary" in paths:
         print(Path(paths["summary"]).read_text(encoding="utf-8"), file=out)
+    for path in paths.values():
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_calibrate(args, out):
+    from dataclasses import replace
+
+    from kernels.models import get_model
+    from pipeline.calibration import objective
+    from pipeline.calibration.fit import calibrate, perturbed_start
+    from pipeline.calibration.output import write_calibration
+    from pipeline.calibration.targets import load_targets
+
+    spec = load_targets(args.targets)
+    if args.patients is not None:
+        spec = replace(spec, patients=args.patients)
+    scenario = objective.cohort_scenario(spec)
+    start = (perturbed_start(spec, objective.typical_values(scenario), args.perturb,
+                             args.perturb_seed) if args.perturb else None)
+    started = time.perf_counter()
+
+    def progress(evaluation, cost):
+        if evaluation == 1:        # the input has been checked by then
+            print(f"calibrating {len(spec.fit)} typical values of {scenario.model} to "
+                  f"{len(spec.targets)} targets on {spec.patients:,} patients",
+                  file=sys.stderr)
+        if evaluation == 1 or evaluation % 10 == 0:
+            print(f"  simulation {evaluation}: objective {cost:.4g} "
+                  f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+
+    result = calibrate(spec, start=start, progress=progress)
+    paths = write_calibration(result, get_model(scenario.model), args.out)
+    print(Path(paths["calibration.md"]).read_text(encoding="utf-8"), file=out)
     for path in paths.values():
         print(f"wrote {path}", file=sys.stderr)
     return 0

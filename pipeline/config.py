@@ -58,7 +58,8 @@ Keys (``required`` or the default; units are in the key names)
 
 [[arms]]                          at least one; every arm treats the same virtual patients
     name             str, required, unique; letters, digits, ``_`` and ``-``
-    policy           str, required: fixed, adaptive or oracle
+    policy           str, required: fixed, adaptive or oracle (the table
+                     ``pipeline.policies.POLICIES``: each policy's keys, checks and doses)
     debulking_factor number in (0, 1], default 1.0 (none); baseline tumour is multiplied by it
     parameter_set    str, default none; a named set of typical values of the model
                      (``kernels.models``: e.g. costim's "cd28" and "41bb")
@@ -80,8 +81,8 @@ Keys (``required`` or the default; units are in the key names)
   policy "fixed", exactly one of:
     dose_cells       number > 0; CAR T cells infused
     dose_cells_per_kg number > 0; CAR T cells per kg of body weight
-  policies "adaptive" (cart-like models only: its predictor reads the cart
-  model's parameters) and "oracle" (any model with IL-6), all required:
+  policies "adaptive" (models with a peak IL-6 predictor, ``pipeline.policies.PREDICTORS``:
+  cart and cart2) and "oracle" (any model with IL-6), all required:
     target_il6_pg_ml number > 0; peak IL-6 safety target, pg/mL
     min_dose_cells   number > 0; smallest dose, cells
     max_dose_cells   number >= min_dose_cells; largest dose, cells
@@ -96,6 +97,13 @@ Keys (``required`` or the default; units are in the key names)
                      [100.0, 500.0, 2000.0, 5000.0]; CRS grade = how many of them
                      peak IL-6 reaches (0..4)
     severe_crs_grade int in 1..4, default 3; severe CRS is grade >= this
+    no_detectable_disease_cells  number > 0, default 1e9 cells; no detectable disease
+                     (an absolute response) if the tumour at response_day is <= this
+                     many cells. 1e9 cells is about 1 mL of tumour at ~1e9 cells/mL,
+                     near what PET-CT resolves: an approximate conversion
+    lead_response    str, default "responded": responded (relative to baseline) or
+                     no_detectable_disease (absolute); the response definition the
+                     report and the console summary lead with (both are reported)
 
 [report]                          optional; extra report sections
     waterfall        table, optional: the response gap between two arms split into
@@ -142,10 +150,11 @@ except ModuleNotFoundError:           # Python 3.10
     import tomli as tomllib
 
 from kernels.models import MODELS, get_model
+from pipeline import policies
 from pipeline.cohort import CohortSpec, Covariate, CovariateEffect, ParameterDistribution
-from pipeline.policies import ADAPTIVE_PARAMETERS
+from pipeline.outcomes import RESPONSES
 
-POLICIES = ("fixed", "adaptive", "oracle")
+POLICIES = tuple(policies.POLICIES)
 # what the pipeline reads from a model (kernels.models.base.Model.roles)
 SCENARIO_ROLES = ("tumour", "car_t", "il6", "infusion")
 COVARIATES = {"tumour_burden_cells": (1e10, 1.0),   # (median, sd_log) defaults
@@ -181,13 +190,9 @@ class Arm:
         return {**values, **dict(self.parameters)}
 
     def describe(self):
-        """One line for people: 'fixed: 1e+08 cells', 'adaptive: peak IL-6 target ...'."""
-        if self.policy == "fixed":
-            dose = (f"{self.dose_cells:.3g} cells" if self.dose_cells is not None
-                    else f"{self.dose_cells_per_kg:.3g} cells/kg")
-        else:
-            dose = (f"peak IL-6 target {self.target_il6_pg_ml:g} pg/mL, "
-                    f"doses {self.min_dose_cells:.3g}-{self.max_dose_cells:.3g} cells")
+        """One line for people: 'fixed: 1e+08 cells', 'adaptive: peak IL-6 target ...'
+        (the policy's own part from :data:`pipeline.policies.POLICIES`)."""
+        dose = policies.policy(self.policy).describe(self)
         if self.debulking_factor != 1.0:
             dose += f", debulking x{self.debulking_factor:g}"
         if self.parameter_set:
@@ -225,6 +230,8 @@ class Outcomes:
     relapse_fraction: float
     crs_il6_thresholds_pg_ml: tuple
     severe_crs_grade: int
+    no_detectable_disease_cells: float = 1e9     # the [outcomes] defaults (_OUTCOMES)
+    lead_response: str = "responded"
 
 
 @dataclass(frozen=True)
@@ -372,19 +379,18 @@ _INTERVENTION = {"name": _Key(str, check=_identifier),
                  "il6_above_pg_ml": _Key(float, None, _gt(0)),
                  "scale": _Key(dict, {}),
                  "set": _Key(dict, {})}
-_TARGETED = {"target_il6_pg_ml": _Key(float, check=_gt(0)),
-             "min_dose_cells": _Key(float, check=_gt(0)),
-             "max_dose_cells": _Key(float, check=_gt(0))}
-_POLICY_KEYS = {"fixed": {"dose_cells": _Key(float, None, _gt(0)),
-                          "dose_cells_per_kg": _Key(float, None, _gt(0))},
-                "adaptive": _TARGETED,
-                "oracle": _TARGETED}
+# each policy's keys (pipeline.policies.POLICIES): numbers > 0, required or None
+_POLICY_KEYS = {name: {key: _Key(float, _REQUIRED if spec.required else None, _gt(0))
+                       for key, spec in entry.keys.items()}
+                for name, entry in policies.POLICIES.items()}
 _OUTCOMES = {
     "response_day": _Key(float, 28.0, _gt(0)),
     "response_fraction": _Key(float, 0.01, _within(0, 1, False)),
     "relapse_fraction": _Key(float, 0.1, _within(0, 1, True)),
     "crs_il6_thresholds_pg_ml": _Key([float], (100.0, 500.0, 2000.0, 5000.0), _grades),
     "severe_crs_grade": _Key(int, 3, _one_of(range(1, 5))),
+    "no_detectable_disease_cells": _Key(float, Outcomes.no_detectable_disease_cells, _gt(0)),
+    "lead_response": _Key(str, Outcomes.lead_response, _one_of(RESPONSES)),
 }
 _OUTPUT = {"dir": _Key(str, "out", lambda v: None if v else "must not be empty")}
 
@@ -614,15 +620,18 @@ def _interventions(src, path, raws, model, horizon_days):
 
 
 def _policy_fits_model(src, path, policy, model):
-    """The adaptive predictor is the cart model's; the oracle needs IL-6."""
-    missing = [p for p in ADAPTIVE_PARAMETERS if p not in model.parameter_names]
-    if policy == "adaptive" and missing:
-        raise ConfigError(src, f"{path}.policy", f"the adaptive policy's predictor needs "
-                                                 f"parameters {', '.join(missing)}, which "
-                                                 f"model {model.name!r} lacks")
-    if policy in ("adaptive", "oracle") and "il6" not in model.roles:
-        raise ConfigError(src, f"{path}.policy", f"policy {policy!r} targets peak IL-6, "
-                                                 f"which model {model.name!r} lacks")
+    """The policy's own check against the model (pipeline.policies.POLICIES)."""
+    message = policies.policy(policy).fits_model(model)
+    if message:
+        raise ConfigError(src, f"{path}.policy", message)
+
+
+def _policy_keys_agree(src, path, policy, values):
+    """The policy's own check between its keys (pipeline.policies.POLICIES)."""
+    problem = policies.policy(policy).check(values)
+    if problem:
+        key, message = problem
+        raise ConfigError(src, f"{path}.{key}", message)
 
 
 def _arms(src, raws, model, horizon_days):
@@ -639,16 +648,8 @@ def _arms(src, raws, model, horizon_days):
         _policy_fits_model(src, path, policy, model)
         values["interventions"] = _interventions(src, path, values["interventions"], model,
                                                  horizon_days)
+        _policy_keys_agree(src, path, policy, values)
         arm = Arm(**values)
-        if policy == "fixed" and (arm.dose_cells is None) == (arm.dose_cells_per_kg is None):
-            raise ConfigError(src, f"{path}.dose_cells",
-                              "a fixed arm needs exactly one of dose_cells and "
-                              "dose_cells_per_kg" + ("" if arm.dose_cells is None
-                                                     else ", not both"))
-        if policy != "fixed" and arm.max_dose_cells < arm.min_dose_cells:
-            raise ConfigError(src, f"{path}.max_dose_cells",
-                              f"must be >= min_dose_cells ({arm.min_dose_cells!r}), "
-                              f"got {arm.max_dose_cells!r}")
         if arm.name in seen:
             raise ConfigError(src, f"{path}.name",
                               f"duplicate arm name {arm.name!r} (also {seen[arm.name]})")

@@ -10,7 +10,12 @@ after infusion: the early levels a clinician can observe, :data:`EARLY_DAYS`).
 :mod:`pipeline.config`):
 
 * ``responded``: tumour at ``response_day`` <= ``response_fraction`` x T0 (a
-  landmark response; T0 is the tumour at infusion, after any debulking);
+  landmark response relative to T0, the tumour at infusion, after any debulking);
+* ``no_detectable_disease``: tumour at ``response_day`` <= ``no_detectable_disease_cells``
+  (an absolute landmark response: about 1 mL of tumour at ~1e9 cells/mL by default,
+  near what PET-CT resolves, an approximate conversion). Unlike ``responded`` it
+  does not scale with T0: a debulked patient is judged by the tumour left, as
+  imaging sees it, not by a fall from an already reduced T0;
 * ``best_response_log10``: log10(tumour minimum / T0), the depth of response;
 * ``relapsed``: the tumour fell to <= ``response_fraction`` x T0 at some time
   and later climbed back above ``relapse_fraction`` x T0 (a rebound, found on
@@ -20,6 +25,9 @@ after infusion: the early levels a clinician can observe, :data:`EARLY_DAYS`).
   al. 2016 found peak IL-6 among the strongest correlates of severe CRS), not
   the Lee 2014, ASTCT 2019 or Penn clinical grading, which need symptoms;
 * ``severe_crs``: ``crs_grade`` >= ``severe_crs_grade``.
+
+The scenario's ``lead_response`` names which of the two response columns
+(:data:`RESPONSES`) the report leads with; :func:`response_label` words them.
 
 Patients whose integration failed (status != 0) have NaN features; their
 booleans are False and must be excluded from rates (``pipeline.aggregate`` does).
@@ -31,6 +39,9 @@ from kernels import features as kf
 # days after infusion of the early features a clinician can observe (IL-6 and CAR T
 # levels on days 1-3, the inputs of an early risk score, pipeline.risk)
 EARLY_DAYS = (1, 2, 3)
+
+# the response columns, either of which a scenario may lead with (``lead_response``)
+RESPONSES = ("responded", "no_detectable_disease")
 
 # column, how to compute it from the model's roles, whether it counts cells
 _FEATURES = (
@@ -92,9 +103,34 @@ def outcome_columns(columns, tumor0_cells, outcomes):
     grade = crs_grade(columns["il6_peak_pg_ml"], outcomes.crs_il6_thresholds_pg_ml)
     return {
         "responded": columns["tumor_response_day_cells"] <= response_level,
+        "no_detectable_disease": (columns["tumor_response_day_cells"]
+                                  <= outcomes.no_detectable_disease_cells),
         "best_response_log10": best_log10,
         "relapsed": relapsed,
         "t_relapse_d": np.where(relapsed, columns["t_rebound_d"], np.nan),
         "crs_grade": grade,
         "severe_crs": grade >= outcomes.severe_crs_grade,
     }
+
+
+def response_label(column, outcomes=None):
+    """A response column of :data:`RESPONSES` in words, e.g. "response (no
+    detectable disease at day 90)"; without ``outcomes`` (the scenario's rules,
+    None when a run's config cannot be read) without the day and fraction."""
+    day = f" at day {outcomes.response_day:g}" if outcomes is not None else ""
+    share = (f"{100 * outcomes.response_fraction:g}% of" if outcomes is not None
+             else "a fraction of")
+    return {"responded": f"response (tumour <= {share} baseline{day})",
+            "no_detectable_disease": f"response (no detectable disease{day})"}[column]
+
+
+def response_rule(column, outcomes):
+    """The rule of a response column of :data:`RESPONSES` in words, with the
+    scenario's thresholds (``outcomes``)."""
+    tumour = f"tumour at day {outcomes.response_day:g}"
+    cells = outcomes.no_detectable_disease_cells
+    return {"responded": f"{tumour} <= {outcomes.response_fraction:g} x baseline (the "
+                         "tumour at infusion)",
+            "no_detectable_disease": f"{tumour} <= {cells:.3g} cells (~{cells / 1e9:.3g} mL "
+                                     "at ~1e9 cells/mL, near what PET-CT resolves; an "
+                                     "approximate conversion)"}[column]

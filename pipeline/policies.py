@@ -1,16 +1,22 @@
 """Dosing policies and pre-treatment: how much CAR T each virtual patient gets.
 
 Every arm sees the same patients (pipeline.cohort); a policy turns a patient's
-covariates and parameters into a tumour burden at infusion and a dose.
+covariates and parameters into a dose. The policies are one table,
+:data:`POLICIES` (name -> :class:`Policy`: its config keys, its check against
+the model, its dose function and its one-line description), which
+:mod:`pipeline.config` validates arms against and :mod:`pipeline.shard` doses
+through: adding a policy is one entry here.
 
 * ``fixed``: ``dose_cells`` for everyone, or ``dose_cells_per_kg`` x weight.
 * ``adaptive``: the dose that a closed-form prediction of peak IL-6 says meets
-  the safety target ``target_il6_pg_ml``, capped to [min_dose, max_dose]
-  (:func:`predicted_peak_il6` for the derivation).
-* ``oracle``: per-patient bisection on the full model for the largest dose in
-  [min_dose, max_dose] whose peak IL-6 stays at or below the target (all
-  patients of a shard in one kernel call per bisection step): the best any dose
-  rule could do with the same target.
+  the safety target ``target_il6_pg_ml``: the prediction inverted for the
+  target, clipped to [min_dose_cells, max_dose_cells], so it escalates as well
+  as de-escalates (max_dose_cells where even that is predicted below the
+  target, min_dose_cells where even that is predicted above it). The predictor
+  is the scenario model's, from :data:`PREDICTORS` (derivations below); a
+  model without one cannot use the policy.
+* ``oracle``: on the full model, the dose of best response within the safety
+  target (:func:`oracle_dose`): the best any dose rule could do with that target.
 * debulking (any policy): the baseline tumour multiplied by ``debulking_factor``
   before infusion.
 * interventions (any policy): tocilizumab, corticosteroids... given on a day or
@@ -18,10 +24,17 @@ covariates and parameters into a tumour burden at infusion and a dose.
   events, :mod:`kernels.events`; :func:`intervention_events`). Doses of the
   adaptive and oracle policies are chosen without them.
 
-The adaptive predictor, linearised early phase of the ``cart`` model
-(kernels/models/cart.py). Early after infusion the tumour has barely moved,
-T ~ T0, so stimulation s0 = T0/(Ks + T0) and the kill per effector
-kappa = k T0 Kk/(Kk + T0) are constant, and memory cells are negligible:
+What the adaptive policy knows: each patient's tumour at infusion T0 (after any
+debulking), and the arm's typical patient for everything else: the cohort's
+typical values (the model's unless the scenario overrides them) with the arm's
+``parameter_set`` and ``parameters`` over them; the ``cart`` predictor also
+knows the patient's IL-6 clearance ``c``. Units below: time in days, cells in
+the model's units (1e9 cells), IL-6 in pg/mL.
+
+The ``cart`` predictor (kernels/models/cart.py), linearised early phase. Early
+after infusion the tumour has barely moved, T ~ T0, so stimulation
+s0 = T0/(Ks + T0) and the kill per effector kappa = k T0 Kk/(Kk + T0) are
+constant, and memory cells are negligible:
 
     dE/dt = g E,   g = a s0 - dE - gx s0 - m        ->  E(t) = D exp(g t)
     dI/dt = s kappa E - c I
@@ -32,23 +45,125 @@ growing at rate g with gain s/(g + c), so
 
     I_peak ~ s (g T0 + kappa D) / (g + c)            (linear in the dose D)
 
-and the dose for a target I* is D = ((g + c) I*/s - g T0) / kappa, capped. The
-policy knows each patient's baseline tumour T0 and IL-6 clearance c and uses
-the model's typical values for everything else. Where g T0 s/(g + c) alone
-exceeds the target (a large tumour), no dose meets it and the minimum dose is
-given. The predictor's error against the full model is reported per run.
-"""
-import numpy as np
+and the dose for a target I* is D = ((g + c) I*/s - g T0)/kappa. The
+prediction can be negative for a small tumour (g < 0); such a patient is
+predicted below any target and gets the largest dose.
 
-from kernels.dopri5 import Doses, solve
+The ``cart2`` predictor (kernels/models/cart2.py), linearised early phase.
+Early on T ~ T0, so stimulation s0 = T0/(Ks + T0) is constant, the antigen load
+per effector is ~1 (E << T: exhaustion at its full rate gx) and memory is
+negligible. With b = a s0 + h and q = dE + gx + m (1/day) and the lymphodepletion
+window W(t) = w_inf + (1 - w_inf) exp(-t/tau_w), the CAR T cells C = E + M + X
+follow
+
+    dC/dt ~ (b W(t) Kc/(Kc + C) - q) C.
+
+1. Trajectory. d/dt (ln C + C/Kc) = b W(t) - q - q C/Kc; dropping the last
+   term (which only slows growth near the niche size) integrates to
+       ln C + C/Kc = ln D + D/Kc + G(t),
+       G(t) = (b w_inf - q) t + b (1 - w_inf) tau_w (1 - exp(-t/tau_w)).
+2. Ceiling. Growth stops where b W(t) Kc/(Kc + C) = q: C = Kc c(t) with
+   c(t) = b W(t)/q - 1, which falls as the window closes; inversely
+   t(c) = -tau_w ln((q (1 + c)/b - w_inf)/(1 - w_inf)).
+3. Peak. The rising trajectory meets the falling ceiling once: C_pk = Kc c*,
+   c* the root in (max(0, b w_inf/q - 1), b/q - 1] of
+       F(c) = ln(D/Kc) + D/Kc + G(t(c)) - ln c - c,
+   which falls with c (bisection, :data:`CART2_STEPS` steps). Where F >= 0 at
+   c = b/q - 1 (the dose is at or above the ceiling at infusion, or b <= q: no
+   expansion) C_pk = D. C_pk rises with D, and C_pk >= D > 0 (G > 0 while the
+   ceiling is above 0).
+4. IL-6. Myeloid cells and IL-6 follow the effectors within about 1/dA and
+   1/cI days, short next to the expansion, so quasi-steadily
+   A ~ kA E (eng + wc s0)/dA and I ~ I0 + sI A/cI, with
+   the effectors at the peak E = phi C_pk. Their engagement drive
+   x_eng = E T0/(Kk + T0 + Ke E) (cells) is also bounded by the tumour: a kill
+   k x rising at rate g0 = max(b - q, 0) consumes T0 by x ~ c_kill g0 T0/k
+   (c_kill = 1/e for an exponential rise: the maximum of T0 exp(-K) K'/k over
+   the cumulative per-cell kill K, at K' = g0). The two limits combine
+   harmonically, x = x_eng x_kill/(x_eng + x_kill), and
+
+       I_pk ~ I0 + (sI kA/(dA cI)) (x + wc s0 E)      pg/mL.
+
+   It rises with D (x and E do) and is at least I0: never negative, and finite
+   for finite T0 and D (every term is bounded by the ceiling at infusion).
+5. Constants. phi (the effector share of CAR T at the peak, with the lag of A
+   and I behind E) and c_kill are fitted, deterministically at run time, to the
+   full model's peak IL-6 of the typical patient on a grid of tumours
+   (:data:`CART2_FIT_TUMOURS_CELLS`) and doses (:data:`CART2_FIT_DOSES_CELLS`):
+   least squares on log IL-6 over the grid points whose peak comes within
+   :data:`EARLY_PHASE_DAYS` (later peaks come from relapse, which the early
+   phase does not describe). The fit is cached per (model, typical values), so
+   every shard and worker gets the same constants (:func:`cart2_constants`).
+6. Inverse, the adaptive dose in closed form. y = (I* - I0) dA cI/(sI kA) =
+   x + wc s0 E is a quadratic in E (x is a ratio of linear functions of E);
+   its positive root gives C_pk = E/phi, and then D = C_pk at or above the
+   ceiling at infusion, else D = Kc W0(exp(ln c + c - G(t(c)))) with
+   c = C_pk/Kc (Lambert's W0 solves ln x + x = that, the trajectory of step 1
+   run backwards from the peak); no dose where c is at or below the ceiling's
+   floor max(0, b w_inf/q - 1), the peak of a vanishing dose.
+
+The predictor's error against the full model is reported per run (column
+``il6_peak_predicted_pg_ml`` against ``il6_peak_pg_ml``).
+"""
+from dataclasses import dataclass
+import functools
+
+import numpy as np
+from scipy.optimize import least_squares
+from scipy.special import lambertw
+
 from kernels import events as ke
 from kernels import features as kf
+from kernels.dopri5 import Doses, solve
+from kernels.models import get_model
 
-ORACLE_BISECTION_STEPS = 20   # on log(dose): 2**-20 of the log dose range
-# the cart-model parameters the adaptive predictor reads (a model without them
-# cannot use the adaptive policy; the oracle needs only an IL-6 quantity)
-ADAPTIVE_PARAMETERS = ("k", "Kk", "Ks", "a", "dE", "gx", "m", "s", "c")
+# bisection steps for the cart2 peak's ceiling level c (2**-50 of its bracket)
+CART2_STEPS = 50
+# the cart2 predictor's fit (module docstring, step 5)
+CART2_FIT_TUMOURS_CELLS = np.geomspace(1e9, 1e13, 9)
+CART2_FIT_DOSES_CELLS = np.geomspace(1e6, 1e10, 9)
+EARLY_PHASE_DAYS = 30.0
+CART2_FIT_HORIZON_DAYS = 365.0
+CART2_FIT_RTOL, CART2_FIT_ATOL = 1e-6, 1e-9
+# the oracle: log-spaced grid doses, then bisection steps on the feasible edge
+ORACLE_GRID_DOSES = 15
+ORACLE_BISECTION_STEPS = 12
 
+
+# -- what a policy sees and returns -------------------------------------------
+
+@dataclass(frozen=True)
+class ArmPatients:
+    """One arm's patients at infusion, as a policy sees them: the model, the
+    scenario (tolerances, horizon, outcomes, cohort), the arm, body weights (kg),
+    the tumour at infusion (cells, after debulking), y0 [N, S] and params [N, P]."""
+
+    model: object
+    scenario: object
+    arm: object
+    weight_kg: np.ndarray
+    tumour0_cells: np.ndarray
+    y0: np.ndarray
+    params: np.ndarray
+
+
+@dataclass(frozen=True)
+class Dosing:
+    """A policy's result: cells per patient, the adaptive predictor's peak IL-6
+    at that dose (pg/mL, NaN for other policies) and whether the policy judged
+    the dose to meet its target (the predictor for adaptive, the full model for
+    oracle; False for a policy without a target)."""
+
+    dose_cells: np.ndarray
+    predicted_il6_pg_ml: np.ndarray
+    meets_target: np.ndarray
+
+
+def _untargeted(dose):
+    return Dosing(dose, np.full(dose.shape, np.nan), np.zeros(dose.shape, bool))
+
+
+# -- fixed ----------------------------------------------------------------------
 
 def tumour_at_infusion(arm, tumour_burden_cells):
     """T0 in cells after any debulking."""
@@ -63,65 +178,300 @@ def fixed_dose(arm, weight_kg):
     return arm.dose_cells_per_kg * weight_kg
 
 
-def _early_phase(model, tumour0_cells):
-    """(T0 in model units, g, kappa, s) of the linearised early phase, typical
-    parameters (module docstring)."""
-    p = dict(zip(model.parameter_names, model.typical_parameters()))
-    t0 = np.asarray(tumour0_cells, float) / model.cells_per_unit
-    stimulation = t0 / (p["Ks"] + t0)
-    kappa = p["k"] * t0 * p["Kk"] / (p["Kk"] + t0)
+# -- the adaptive predictors ------------------------------------------------------
+
+@dataclass(frozen=True)
+class Predictor:
+    """A model's closed-form peak IL-6 (module docstring); doses and tumours in
+    model units, IL-6 in pg/mL, ``typical`` [P] the typical patient, ``params``
+    [N, P] the patients:
+
+    ``peak_il6(model, typical, dose[N], tumour0[N], params)``
+        the prediction, increasing in the dose;
+    ``dose_for(model, typical, target, tumour0[N], params)``
+        its inverse: the dose predicted to give ``target``; <= 0 where every
+        dose is predicted above it, inf where every dose is predicted below it.
+    """
+
+    peak_il6: object
+    dose_for: object
+
+
+def _cart_terms(model, typical, tumour0, params):
+    """(g, kappa, s, c) of the cart early phase (module docstring), the patient's c."""
+    p = dict(zip(model.parameter_names, typical))
+    stimulation = tumour0 / (p["Ks"] + tumour0)
+    kappa = p["k"] * tumour0 * p["Kk"] / (p["Kk"] + tumour0)
     g = p["a"] * stimulation - p["dE"] - p["gx"] * stimulation - p["m"]
-    return t0, g, kappa, p["s"]
+    return g, kappa, p["s"], params[:, model.parameter_index("c")]
 
 
-def predicted_peak_il6(model, dose_cells, tumour0_cells, clearance):
-    """I_peak ~ s (g T0 + kappa D)/(g + c) in pg/mL (module docstring); T0 and D in cells."""
-    t0, g, kappa, s = _early_phase(model, tumour0_cells)
-    dose = np.asarray(dose_cells, float) / model.cells_per_unit
-    return s * (g * t0 + kappa * dose) / (g + clearance)
+def _cart_peak_il6(model, typical, dose, tumour0, params):
+    """cart: I_peak ~ s (g T0 + kappa D)/(g + c)."""
+    g, kappa, s, c = _cart_terms(model, typical, tumour0, params)
+    return s * (g * tumour0 + kappa * dose) / (g + c)
 
 
-def adaptive_dose(model, arm, tumour0_cells, clearance):
-    """The predictor inverted for the arm's target, capped to its dose range (cells)."""
-    t0, g, kappa, s = _early_phase(model, tumour0_cells)
-    dose = ((g + clearance) * arm.target_il6_pg_ml / s - g * t0) / kappa * model.cells_per_unit
-    return np.clip(dose, arm.min_dose_cells, arm.max_dose_cells)
+def _cart_dose_for(model, typical, target, tumour0, params):
+    """cart: D = ((g + c) I*/s - g T0)/kappa."""
+    g, kappa, s, c = _cart_terms(model, typical, tumour0, params)
+    return ((g + c) * target / s - g * tumour0) / kappa
 
 
-def peak_il6(model, y0, params, dose_cells, horizon_days, rtol, atol):
-    """Peak IL-6 (pg/mL) of the full model for per-patient doses at day 0."""
-    amounts = (np.asarray(dose_cells, float) / model.cells_per_unit)[:, None]
-    infusion = model.roles["infusion"][0]
-    sol = solve(model, y0, params, 0.0, horizon_days, rtol=rtol, atol=atol,
-                doses=Doses([0.0], [infusion], amounts), features=[kf.maximum(model.role("il6"))])
-    return sol.features[:, 0]
+def _cart2_rates(p, tumour0, c_kill):
+    """(s0, b, q, x_kill) of the cart2 early phase (module docstring): stimulation,
+    proliferation and loss rates (1/day) and the tumour-consumption bound of the
+    engagement drive (model units of cells)."""
+    s0 = tumour0 / (p["Ks"] + tumour0)
+    b = p["a"] * s0 + p["h"]
+    q = p["dE"] + p["gx"] + p["m"]
+    return s0, b, q, c_kill * np.maximum(b - q, 0.0) * tumour0 / p["k"]
 
 
-def oracle_dose(model, arm, y0, params, horizon_days, rtol, atol):
-    """Largest dose in [min, max] with full-model peak IL-6 <= target, by bisection
-    on log dose; the minimum dose where even that exceeds the target. One kernel
-    call per step for all patients. Bisection assumes peak IL-6 rises with dose;
-    where it does not (the cart model's peak is driven mostly by tumour burden
-    and can dip with dose), the result is a feasible dose at the edge of a
-    feasible interval, not necessarily the largest."""
-    n = y0.shape[0]
-    target = arm.target_il6_pg_ml
+def _log_growth(p, b, q, c):
+    """G(t(c)) (module docstring, steps 1-2): the growth of ln C + C/Kc along the
+    trajectory by the time the ceiling has fallen to Kc c; u = exp(-t(c)/tau_w)."""
+    w_inf, tau_w = p["w_inf"], p["tau_w"]
+    u = (q * (1.0 + c) / b - w_inf) / (1.0 - w_inf)
+    return tau_w * (-(b * w_inf - q) * np.log(u) + b * (1.0 - w_inf) * (1.0 - u))
 
-    def meets_target(log_dose):
-        return peak_il6(model, y0, params, np.exp(log_dose), horizon_days, rtol, atol) <= target
 
-    lo = np.full(n, np.log(arm.min_dose_cells))
-    hi = np.full(n, np.log(arm.max_dose_cells))
-    found = np.zeros(n, bool)
-    for _ in range(ORACLE_BISECTION_STEPS):
+def _ceiling_bracket(p, b, q):
+    """The ceiling's range in units of Kc: (its floor max(0, b w_inf/q - 1) as the
+    window closes, its value b/q - 1 at infusion)."""
+    return np.maximum(0.0, b * p["w_inf"] / q - 1.0), b / q - 1.0
+
+
+def _cart2_peak_cells(p, b, q, dose):
+    """C_pk for doses D (module docstring, step 3), model units: Kc c*, c* the root
+    of F(c) by bisection; D where the dose is at or above the ceiling at infusion."""
+    niche = p["Kc"]
+    level = np.log(dose / niche) + dose / niche         # ln C + C/Kc at infusion
+    floor, top = _ceiling_bracket(p, b, q)
+    expands = top > 0
+    expands[expands] = level[expands] < np.log(top[expands]) + top[expands]
+    b_e, level_e = b[expands], level[expands]
+    lo, hi = floor[expands], top[expands]
+    for _ in range(CART2_STEPS):
         mid = 0.5 * (lo + hi)
-        ok = meets_target(mid)
-        found |= ok
-        lo = np.where(ok, mid, lo)
-        hi = np.where(ok, hi, mid)
-    dose = np.where(found, np.exp(lo), arm.min_dose_cells)
-    return np.where(meets_target(np.log(np.full(n, arm.max_dose_cells))), arm.max_dose_cells, dose)
+        root_above = level_e + _log_growth(p, b_e, q, mid) - np.log(mid) - mid >= 0
+        lo, hi = np.where(root_above, mid, lo), np.where(root_above, hi, mid)
+    peak = dose.copy()
+    peak[expands] = niche * 0.5 * (lo + hi)
+    return peak
 
+
+def _cart2_dose_for_peak(p, b, q, peak):
+    """The dose D whose C_pk is ``peak`` (the inverse of :func:`_cart2_peak_cells`):
+    D = peak at or above the ceiling at infusion; between the ceiling's floor and
+    its value at infusion, D = Kc x with ln x + x = ln c + c - G(t(c)), c = peak/Kc
+    (x = W0(exp(.)), Lambert's W); 0 at or below the floor (no dose is that low)."""
+    niche = p["Kc"]
+    c = peak / niche
+    floor, top = _ceiling_bracket(p, b, q)
+    dose = np.where(c <= floor, 0.0, peak)         # NaN stays NaN, to be reported
+    inside = (c > floor) & (c < top)
+    level = np.log(c[inside]) + c[inside] - _log_growth(p, b[inside], q, c[inside])
+    dose[inside] = niche * lambertw(np.exp(level)).real
+    return dose
+
+
+def _cart2_formula(p, tumour0, dose, phi, c_kill):
+    """I_pk ~ I0 + (sI kA/(dA cI)) (x + wc s0 E), pg/mL (module docstring, step 4)."""
+    s0, b, q, consumed = _cart2_rates(p, tumour0, c_kill)
+    effectors = phi * _cart2_peak_cells(p, b, q, dose)
+    engaged = effectors * tumour0 / (p["Kk"] + tumour0 + p["Ke"] * effectors)
+    drive = engaged * consumed / (engaged + consumed)
+    return p["I0"] + p["sI"] * p["kA"] / (p["dA"] * p["cI"]) * (drive + p["wc"] * s0 * effectors)
+
+
+def _cart2_inverse(p, tumour0, target, phi, c_kill):
+    """The dose of :func:`_cart2_formula` for a peak IL-6 ``target``: with
+    y = (I* - I0) dA cI/(sI kA) and x = alpha E/(beta E + gamma) (alpha = x_kill T0,
+    beta = T0 + x_kill Ke, gamma = x_kill (Kk + T0)), y = x + delta E (delta = wc s0)
+    is the quadratic delta beta E^2 + B E - y gamma = 0, B = alpha + delta gamma - y beta,
+    whose positive root (inf where y is out of reach, 0 where y <= 0) gives
+    C_pk = E/phi and the dose (:func:`_cart2_dose_for_peak`)."""
+    s0, b, q, consumed = _cart2_rates(p, tumour0, c_kill)
+    y = max(0.0, (target - p["I0"]) * p["dA"] * p["cI"] / (p["sI"] * p["kA"]))
+    alpha, beta = consumed * tumour0, tumour0 + consumed * p["Ke"]
+    gamma, delta = consumed * (p["Kk"] + tumour0), p["wc"] * s0
+    big_b = alpha + delta * gamma - y * beta
+    root = np.sqrt(big_b * big_b + 4.0 * delta * beta * y * gamma)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        effectors = np.where(big_b >= 0, 2.0 * y * gamma / (big_b + root),
+                             (root - big_b) / (2.0 * delta * beta))
+    effectors = np.where(y > 0, effectors, 0.0)
+    return _cart2_dose_for_peak(p, b, q, effectors / phi)
+
+
+def _cart2_peak_il6(model, typical, dose, tumour0, params):
+    """cart2: the early-phase prediction with the constants fitted to the typical
+    patient (module docstring); ``params`` unused: the policy knows T0 only."""
+    p = dict(zip(model.parameter_names, typical))
+    return _cart2_formula(p, tumour0, dose, *cart2_constants(model.name, tuple(typical)))
+
+
+def _cart2_dose_for(model, typical, target, tumour0, params):
+    """cart2: the inverse of :func:`_cart2_peak_il6`."""
+    p = dict(zip(model.parameter_names, typical))
+    return _cart2_inverse(p, tumour0, target, *cart2_constants(model.name, tuple(typical)))
+
+
+@functools.lru_cache(maxsize=None)
+def cart2_constants(model_name, typical):
+    """(phi, c_kill) of the cart2 predictor for the typical parameter values
+    ``typical`` (a tuple, model order): least squares on log peak IL-6 against
+    the full model on the fit grid (module docstring, step 5), from phi = 1 and
+    c_kill = 1/e. Deterministic, and cached so that every shard and worker uses
+    the same constants."""
+    model = get_model(model_name)
+    p = dict(zip(model.parameter_names, typical))
+    tumours, doses = (a.ravel() / model.cells_per_unit for a in np.meshgrid(
+        CART2_FIT_TUMOURS_CELLS, CART2_FIT_DOSES_CELLS, indexing="ij"))
+    params = np.tile(np.asarray(typical, float), (tumours.size, 1))
+    sol = solve(model, model.initial_states(tumours, params), params, 0.0,
+                CART2_FIT_HORIZON_DAYS, rtol=CART2_FIT_RTOL, atol=CART2_FIT_ATOL, threads=1,
+                doses=Doses([0.0], [model.roles["infusion"][0]], doses[:, None]),
+                features=[kf.maximum(model.role("il6")), kf.argmax(model.role("il6"))])
+    peak, day = sol.features.T
+    early = (sol.status == 0) & (day <= EARLY_PHASE_DAYS)
+    if early.sum() < 2:
+        raise ValueError(f"model {model_name!r}: only {early.sum()} fit-grid points have "
+                         f"their IL-6 peak within {EARLY_PHASE_DAYS:g} days; the adaptive "
+                         "predictor's constants cannot be fitted")
+
+    def residuals(log_constants):
+        constants = np.exp(log_constants)
+        return np.log(_cart2_formula(p, tumours[early], doses[early], *constants) / peak[early])
+
+    fit = least_squares(residuals, np.log([1.0, np.exp(-1.0)]))
+    return tuple(float(c) for c in np.exp(fit.x))
+
+
+# model name -> its adaptive predictor
+PREDICTORS = {"cart": Predictor(_cart_peak_il6, _cart_dose_for),
+              "cart2": Predictor(_cart2_peak_il6, _cart2_dose_for)}
+
+
+def _report(model, bad, what):
+    """ValueError where any patient is ``bad``: a prediction is never dropped silently."""
+    if np.any(bad):
+        raise ValueError(f"the adaptive predictor of model {model.name!r} gave a non-finite "
+                         f"{what} for {np.sum(bad)} patients")
+
+
+def predicted_peak_il6(model, typical, dose_cells, tumour0_cells, params):
+    """The adaptive predictor of ``model`` (:data:`PREDICTORS`): peak IL-6 in pg/mL
+    for doses and tumours at infusion in cells (> 0), the typical patient
+    ``typical`` [P] and the patients' parameters [N, P]."""
+    dose = np.asarray(dose_cells, float) / model.cells_per_unit
+    tumour0 = np.asarray(tumour0_cells, float) / model.cells_per_unit
+    predicted = PREDICTORS[model.name].peak_il6(model, np.asarray(typical, float), dose,
+                                                tumour0, params)
+    _report(model, ~np.isfinite(predicted), "peak IL-6")
+    return predicted
+
+
+def typical_patient(model, scenario, arm):
+    """The arm's typical parameter values [P]: the cohort's, with the arm's
+    ``parameter_set`` and ``parameters`` over them."""
+    values = {d.name: d.typical for d in scenario.cohort.parameters}
+    values.update(arm.typical_values(model))
+    return np.array([values[name] for name in model.parameter_names])
+
+
+def adaptive_dose(model, typical, arm, tumour0_cells, params):
+    """Dosing of the adaptive policy: the predictor's dose for the arm's target
+    (:attr:`Predictor.dose_for`) clipped to [min_dose_cells, max_dose_cells]; it
+    meets the target (as predicted) unless that dose is below min_dose_cells."""
+    tumour0 = np.asarray(tumour0_cells, float)
+    exact = model.cells_per_unit * PREDICTORS[model.name].dose_for(
+        model, np.asarray(typical, float), arm.target_il6_pg_ml,
+        tumour0 / model.cells_per_unit, params)
+    _report(model, np.isnan(exact), "dose")          # inf: every dose is below the target
+    dose = np.clip(exact, arm.min_dose_cells, arm.max_dose_cells)
+    return Dosing(dose, predicted_peak_il6(model, typical, dose, tumour0, params),
+                  exact >= arm.min_dose_cells)
+
+
+# -- the oracle -------------------------------------------------------------------
+
+def full_model_outcomes(model, scenario, y0, params, dose_cells):
+    """(peak IL-6 in pg/mL, tumour at ``scenario.outcomes.response_day`` in model
+    units) of the full model for per-patient doses (cells) at day 0; NaN where
+    the integration failed."""
+    doses = Doses([0.0], [model.roles["infusion"][0]],
+                  (np.asarray(dose_cells, float) / model.cells_per_unit)[:, None])
+    features = [kf.maximum(model.role("il6")),
+                kf.value_at(model.role("tumour"), scenario.outcomes.response_day)]
+    sol = solve(model, y0, params, 0.0, scenario.horizon_days, rtol=scenario.rtol,
+                atol=scenario.atol, max_steps=scenario.max_steps, doses=doses,
+                features=features, threads=1)
+    failed = sol.status != 0
+    sol.features[failed] = np.nan
+    return sol.features[:, 0], sol.features[:, 1]
+
+
+def oracle_grid_choice(peak, tumour, target):
+    """The oracle's choice on a dose grid (pure): for peak IL-6 and tumour at the
+    response day [N, G] over increasing doses, the index of the feasible dose
+    (peak <= target) with the smallest tumour, ties to the largest dose; NaN
+    peaks are infeasible and NaN tumours worst. Returns (index[N], feasible[N],
+    refine[N]): refine where the chosen dose is at the top of a feasible run
+    (the next grid dose up is infeasible), so a larger feasible dose may lie
+    between the two. Index 0 where no dose is feasible."""
+    feasible = peak <= target
+    score = np.where(feasible, np.nan_to_num(tumour, nan=np.inf), np.inf)
+    g = score.shape[1]
+    index = g - 1 - np.argmin(score[:, ::-1], axis=1)     # ties: the largest dose
+    any_feasible = feasible.any(axis=1)
+    index = np.where(any_feasible, index, 0)
+    above = np.minimum(index + 1, g - 1)
+    rows = np.arange(len(index))
+    refine = any_feasible & (index < g - 1) & ~feasible[rows, above]
+    return index, any_feasible, refine
+
+
+def oracle_dose(model, arm, scenario, y0, params):
+    """Dosing of the oracle policy. It maximises response: among doses in
+    [min_dose_cells, max_dose_cells] whose full-model peak IL-6 is <= the target,
+    the one with the smallest tumour at the response day (tumours under one cell,
+    or under atol, count as equal; ties go to the larger dose).
+
+    Doses searched: a log-spaced grid of :data:`ORACLE_GRID_DOSES` (all patients
+    in one kernel call); where the best grid dose is the top of a feasible run
+    (the next grid dose up is infeasible), :data:`ORACLE_BISECTION_STEPS` steps
+    of bisection on log dose in that bracket move to its largest feasible dose
+    (one kernel call per step for those patients), kept if its tumour is no
+    larger. It meets the target wherever any grid dose does, so the response need
+    not be monotone in dose, nor peak IL-6. Where no grid dose meets the target
+    it gives min_dose_cells and ``meets_target`` is False."""
+    n, g = y0.shape[0], ORACLE_GRID_DOSES
+    grid = np.geomspace(arm.min_dose_cells, arm.max_dose_cells, g)
+    peak, tumour = full_model_outcomes(model, scenario, np.repeat(y0, g, axis=0),
+                                       np.repeat(params, g, axis=0), np.tile(grid, n))
+    floor = max(scenario.atol, 1.0 / model.cells_per_unit)
+    index, feasible, refine = oracle_grid_choice(peak.reshape(n, g),
+                                                 np.maximum(tumour, floor).reshape(n, g),
+                                                 arm.target_il6_pg_ml)
+    dose = grid[index]
+    best = np.maximum(tumour.reshape(n, g)[np.arange(n), index], floor)
+    rows = np.flatnonzero(refine)
+    lo, hi = np.log(grid[index[rows]]), np.log(grid[index[rows] + 1])
+    for _ in range(ORACLE_BISECTION_STEPS if rows.size else 0):
+        mid = 0.5 * (lo + hi)
+        peak_mid, tumour_mid = full_model_outcomes(model, scenario, y0[rows], params[rows],
+                                                   np.exp(mid))
+        ok = peak_mid <= arm.target_il6_pg_ml
+        tumour_mid = np.maximum(np.nan_to_num(tumour_mid, nan=np.inf), floor)
+        better = ok & (tumour_mid <= best[rows])
+        dose[rows[better]], best[rows[better]] = np.exp(mid[better]), tumour_mid[better]
+        lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
+    return Dosing(dose, np.full(n, np.nan), feasible)
+
+
+# -- interventions ----------------------------------------------------------------
 
 def intervention_events(model, arm):
     """The kernel events of an arm's interventions: one per parameter changed.
@@ -138,3 +488,103 @@ def intervention_events(model, arm):
                 events.append(ke.cross_up(model.role("il6"), intervention.il6_above_pg_ml,
                                           parameter, value, action))
     return events, first
+
+
+# -- the table --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PolicyKey:
+    """A policy's config key: a number > 0 (an amount: cells, cells/kg, pg/mL),
+    required or optional (None when absent)."""
+
+    required: bool
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One dosing policy.
+
+    ``keys``          its config keys {name: PolicyKey} (the arm's fields of that name)
+    ``check``         (arm values {key: value}) -> (key, message) for a problem
+                      between its keys, or None
+    ``fits_model``    (model) -> why the model cannot use the policy, or None
+    ``dose``          (ArmPatients) -> Dosing
+    ``describe``      (arm) -> its dose in one line, e.g. '1e+08 cells'
+    """
+
+    keys: dict
+    check: object
+    fits_model: object
+    dose: object
+    describe: object
+
+
+def _one_fixed_dose(values):
+    if (values["dose_cells"] is None) == (values["dose_cells_per_kg"] is None):
+        both = "" if values["dose_cells"] is None else ", not both"
+        return "dose_cells", ("a fixed arm needs exactly one of dose_cells and "
+                              f"dose_cells_per_kg{both}")
+    return None
+
+
+def _dose_range(values):
+    if values["max_dose_cells"] < values["min_dose_cells"]:
+        return "max_dose_cells", (f"must be >= min_dose_cells ({values['min_dose_cells']!r}), "
+                                  f"got {values['max_dose_cells']!r}")
+    return None
+
+
+def _has_il6(model, policy):
+    return (None if "il6" in model.roles
+            else f"policy {policy!r} targets peak IL-6, which model {model.name!r} lacks")
+
+
+def _has_predictor(model):
+    if model.name not in PREDICTORS:
+        return (f"the adaptive policy has no peak IL-6 predictor for model {model.name!r}; "
+                f"models with one: {', '.join(PREDICTORS)}")
+    return _has_il6(model, "adaptive")
+
+
+def _describe_fixed(arm):
+    return (f"{arm.dose_cells:.3g} cells" if arm.dose_cells is not None
+            else f"{arm.dose_cells_per_kg:.3g} cells/kg")
+
+
+def _describe_targeted(arm):
+    return (f"peak IL-6 target {arm.target_il6_pg_ml:g} pg/mL, "
+            f"doses {arm.min_dose_cells:.3g}-{arm.max_dose_cells:.3g} cells")
+
+
+def _fixed(patients):
+    return _untargeted(fixed_dose(patients.arm, patients.weight_kg))
+
+
+def _adaptive(patients):
+    typical = typical_patient(patients.model, patients.scenario, patients.arm)
+    return adaptive_dose(patients.model, typical, patients.arm, patients.tumour0_cells,
+                         patients.params)
+
+
+def _oracle(patients):
+    return oracle_dose(patients.model, patients.arm, patients.scenario, patients.y0,
+                       patients.params)
+
+
+_TARGETED = {"target_il6_pg_ml": PolicyKey(True), "min_dose_cells": PolicyKey(True),
+             "max_dose_cells": PolicyKey(True)}
+POLICIES = {
+    "fixed": Policy({"dose_cells": PolicyKey(False), "dose_cells_per_kg": PolicyKey(False)},
+                    _one_fixed_dose, lambda model: None, _fixed, _describe_fixed),
+    "adaptive": Policy(_TARGETED, _dose_range, _has_predictor, _adaptive, _describe_targeted),
+    "oracle": Policy(_TARGETED, _dose_range, lambda model: _has_il6(model, "oracle"), _oracle,
+                     _describe_targeted),
+}
+
+
+def policy(name):
+    """The :class:`Policy` called ``name``; KeyError naming the known ones otherwise."""
+    try:
+        return POLICIES[name]
+    except KeyError:
+        raise KeyError(f"unknown policy {name!r}; policies are {', '.join(POLICIES)}") from None

@@ -4,8 +4,10 @@
 ``config.toml`` (see :mod:`pipeline.query`) and writes into ``RUN/report/``:
 
 ``summary.csv``
-    per arm and outcome (responded, severe_crs, relapsed): n (status ok),
-    events, rate and the Wilson 95% interval (:func:`pipeline.aggregate.arm_rates`);
+    per arm and outcome (:func:`report_outcomes`: the scenario's lead response,
+    ``responded`` or ``no_detectable_disease``, then the other one, severe_crs,
+    relapsed): n (status ok), events, rate and the Wilson 95% interval
+    (:func:`pipeline.aggregate.arm_rates`);
 ``paired.csv``
     every arm minus the reference arm (the manifest's ``reference_arm``, the first
     arm of the config) on the same patients, with the exact conditional 95%
@@ -15,21 +17,30 @@
     debulking, ``tumour_burden_cells`` (:func:`pipeline.aggregate.strata_rates`),
     so a patient is in the same stratum in every arm;
 ``report.md``
-    the scenario, the per-arm rates, the paired differences, the adaptive
+    first "Does the policy beat the reference?": per arm the lead response and
+    severe CRS rates, their paired differences from the reference and a verdict
+    in words (:mod:`pipeline.verdict`); then the scenario (with both response
+    definitions), the per-arm rates, the paired differences, the adaptive
     predictor's error against the full model (when an arm has predictions),
     doses, strata, status counts per arm and links to the plots;
 ``rates.png``, ``adaptive_doses.png``, ``il6_vs_dose.png``, ``trajectories.png``
-    rates with their intervals; the dose distribution of the adaptive and oracle
-    arms (every arm's when there are none); peak IL-6 against dose (at most
-    20,000 points); sample trajectories of tumour and IL-6 per arm (only when the
-    run has a trajectories dataset; the report says so otherwise);
+    both response rates and the severe CRS rate with their intervals; the dose
+    distribution of the adaptive and oracle arms (every arm's when there are
+    none); peak IL-6 against dose (at most 20,000 points); sample trajectories
+    of tumour and IL-6 per arm (only when the run has a trajectories dataset;
+    the report says so otherwise);
 sections that apply to the run (:mod:`pipeline.sections`)
     with their own tables and plots, e.g. response by decile of the efficacy
     ratio and of the CAR T AUC (``efficacy_deciles.csv``, ``efficacy_exposure.png``).
 
-:func:`format_arm_table` gives the plain-text per-arm table (rates with
-intervals, then the paired differences) that ``cartcohort run`` and
-``cartcohort report`` print; :func:`arm_tables` computes its inputs from a run.
+Tables, plots and the verdict lead with the scenario's ``[outcomes]
+lead_response`` and label each response definition by its rule
+(:func:`outcome_labels`); the other definition is shown as "secondary".
+
+:func:`console_summary` is what ``cartcohort run`` and ``cartcohort report``
+print: the verdict lines, then :func:`format_arm_table`'s plain-text per-arm
+table (rates with intervals, then the paired differences); :func:`arm_tables`
+computes that table's inputs from a run.
 
 Only patients whose integration succeeded (status 0) count in rates and
 differences (see :mod:`pipeline.aggregate`); the status table shows the others.
@@ -42,13 +53,17 @@ import numpy as np
 import pandas as pd
 
 from pipeline.aggregate import CONFIDENCE, arm_rates, paired_differences, strata_rates
+from pipeline.config import Outcomes
 from pipeline.figures import DPI, colours, md_table, pyplot
+from pipeline.outcomes import RESPONSES, response_label, response_rule
 from pipeline.sections import write_sections
-from pipeline.tables import text_table
+from pipeline.tables import percent, text_table
 from pipeline.query import has_trajectories, open_patients, open_trajectories, read_manifest
+from pipeline.verdict import SEVERE, question, verdict_lines
 
-OUTCOMES = ("responded", "severe_crs", "relapsed")
-LABELS = {"responded": "response", "severe_crs": "severe CRS", "relapsed": "relapse"}
+OTHER_OUTCOMES = (SEVERE, "relapsed")          # counted after the response definitions
+LABELS = {SEVERE: "severe CRS", "relapsed": "relapse"}
+RESPONSE_COLOURS = ("tab:blue", "lightskyblue")    # rates plot: lead, other definition
 STRATUM_COLUMN = "tumour_burden_cells"
 N_STRATA = 3
 MAX_SCATTER_POINTS = 20_000
@@ -68,11 +83,36 @@ def _reference(manifest, arms):
     return arms[0] if arms else None
 
 
-def arm_tables(run_dir, outcomes=OUTCOMES):
+def lead_response(scenario):
+    """The response column the report leads with: the scenario's
+    ``lead_response``, or the default when the run's config cannot be read."""
+    return scenario.outcomes.lead_response if scenario is not None else Outcomes.lead_response
+
+
+def report_outcomes(scenario, columns):
+    """The outcomes the report counts, in order: the lead response, the other
+    response definition (when the dataset's ``columns`` have it: runs written
+    before it lack ``no_detectable_disease``), severe CRS and relapse."""
+    lead = lead_response(scenario)
+    return (lead, *(r for r in RESPONSES if r != lead and r in columns), *OTHER_OUTCOMES)
+
+
+def outcome_labels(scenario):
+    """{outcome: label}: each response definition in words from the scenario's
+    rules (:func:`pipeline.outcomes.response_label`), the one the report does
+    not lead with marked "secondary"."""
+    rules = scenario.outcomes if scenario is not None else None
+    lead = lead_response(scenario)
+    return {**{r: ("" if r == lead else "secondary ") + response_label(r, rules)
+               for r in RESPONSES}, **LABELS}
+
+
+def arm_tables(run_dir):
     """``(summary, paired)`` for a run: :func:`~pipeline.aggregate.arm_rates` and
-    :func:`~pipeline.aggregate.paired_differences` against the reference arm,
-    the inputs of :func:`format_arm_table`."""
-    patients = open_patients(run_dir, columns=["patient_id", "status", *outcomes])
+    :func:`~pipeline.aggregate.paired_differences` against the reference arm
+    for :func:`report_outcomes`, the inputs of :func:`format_arm_table`."""
+    patients = open_patients(run_dir)
+    outcomes = report_outcomes(_load_config(Path(run_dir)), patients.columns)
     arms = list(patients["arm"].unique())
     reference = _reference(read_manifest(run_dir), arms)
     return (arm_rates(patients, outcomes),
@@ -87,14 +127,6 @@ def read_arm_tables(report_dir):
             pd.read_csv(report_dir / FILES["paired"], dtype=text))
 
 
-def _pct(value, digits=1, sign=False):
-    """A fraction as a percentage with ``digits`` decimals (never "-0.0")."""
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    shown = round(100.0 * value, digits) + 0.0        # + 0.0 turns -0.0 into 0.0
-    return f"{shown:{'+' if sign else ''}.{digits}f}"
-
-
 def _interval_label(label):
     """A stratum label such as "(489348424.714, 6145911450.147]" with its
     numbers to 3 significant digits."""
@@ -103,12 +135,13 @@ def _interval_label(label):
 
 
 def _rate_cell(row, digits=1):
-    return f"{_pct(row.rate, digits)}% [{_pct(row.lower, digits)}, {_pct(row.upper, digits)}]"
+    return (f"{percent(row.rate, digits)}% "
+            f"[{percent(row.lower, digits)}, {percent(row.upper, digits)}]")
 
 
 def _difference_cell(row, digits=2):
-    return (f"{_pct(row.difference, digits, True)} "
-            f"[{_pct(row.lower, digits, True)}, {_pct(row.upper, digits, True)}]")
+    return (f"{percent(row.difference, digits, True)} "
+            f"[{percent(row.lower, digits, True)}, {percent(row.upper, digits, True)}]")
 
 
 def _ordered(frame, column):
@@ -144,28 +177,52 @@ class _Row:
         return float(self._s[name])
 
 
-def format_arm_table(summary, paired=None, confidence=CONFIDENCE):
+def format_arm_table(summary, paired=None, confidence=CONFIDENCE, labels=None):
     """The per-arm table as plain text: each arm's n (status ok) and its rates
     with Wilson intervals, then each arm's paired difference from the reference
     arm with the exact conditional interval, in percentage points.
 
     ``summary``: :func:`~pipeline.aggregate.arm_rates`' frame; ``paired``:
-    :func:`~pipeline.aggregate.paired_differences`' frame (or None)."""
+    :func:`~pipeline.aggregate.paired_differences`' frame (or None); ``labels``:
+    {outcome: column header}, default :func:`outcome_labels` without a scenario."""
+    labels = outcome_labels(None) if labels is None else labels
     level = f"{100 * confidence:g}%"
     if len(summary) == 0:
         return "no patient with status ok: no rates"
     outcomes, rows = _rate_rows(summary)
     lines = [f"rates per arm, % [Wilson {level} interval], patients with status ok:",
-             text_table(["arm", "n", *(LABELS.get(o, o) for o in outcomes)], rows)]
+             text_table(["arm", "n", *(labels.get(o, o) for o in outcomes)], rows)]
     if paired is not None and len(paired):
         reference = paired["reference"].iloc[0]
         outcomes, rows = _difference_rows(paired)
         lines += ["", f"paired differences vs {reference}, percentage points "
                       f"[exact {level} interval], patients ok in both arms:",
-                  text_table(["arm", "n", *(LABELS.get(o, o) for o in outcomes)], rows)]
+                  text_table(["arm", "n", *(labels.get(o, o) for o in outcomes)], rows)]
     elif paired is not None:
         lines += ["", "paired differences: no other arm to compare"]
     return "\n".join(lines)
+
+
+def _verdict_block(paired, lead, labels, bullet):
+    """The question and one verdict line per arm (:mod:`pipeline.verdict`),
+    each line after ``bullet``."""
+    if len(paired) == 0:
+        return ["Does the policy beat the reference? No paired differences (a single arm, "
+                "or no patient with status ok)."]
+    return [question(paired["reference"].iloc[0], labels[lead]),
+            *(bullet + line for line in verdict_lines(paired, lead))]
+
+
+def console_summary(run_dir):
+    """What ``cartcohort run`` and ``cartcohort report`` print: the verdict
+    lines, then :func:`format_arm_table`, from the report's ``summary.csv`` and
+    ``paired.csv`` and labelled from the run's config."""
+    run = Path(run_dir)
+    scenario = _load_config(run)
+    summary, paired = read_arm_tables(run / REPORT_DIR)
+    labels = outcome_labels(scenario)
+    return "\n".join([*_verdict_block(paired, lead_response(scenario), labels, "  "), "",
+                      format_arm_table(summary, paired, labels=labels)])
 
 
 # -- scenario and run facts ---------------------------------------------------
@@ -200,27 +257,32 @@ def _policies(scenario, patients):
 def predictor_error(patients):
     """Per arm with adaptive predictions: the error of the closed-form peak IL-6
     against the full model, r = |ln(predicted / simulated)| over patients with
-    status ok and both values positive: n, median r, 90th percentile of r, and
-    the fraction predicted within a factor 2 (r <= ln 2)."""
+    status ok and both values positive: n, median r, 90th percentile of r, the
+    fraction predicted within a factor 2 (r <= ln 2), and ``not_positive``: the
+    patients with status ok whose prediction is not a positive finite number
+    (counted, never silently dropped; the superseded ``cart`` model's
+    predictor can go negative for small tumours)."""
     rows = []
+    columns = ["arm", "n", "median_abs_log_ratio", "p90_abs_log_ratio", "within_2x",
+               "not_positive"]
     if "il6_peak_predicted_pg_ml" not in patients:
-        return pd.DataFrame(rows, columns=["arm", "n", "median_abs_log_ratio",
-                                           "p90_abs_log_ratio", "within_2x"])
+        return pd.DataFrame(rows, columns=columns)
     for arm, group in patients.groupby("arm", sort=False):
         predicted = group["il6_peak_predicted_pg_ml"].to_numpy(float)
         if not np.isfinite(predicted).any():
             continue
         simulated = group["il6_peak_pg_ml"].to_numpy(float)
-        keep = ((group["status"].to_numpy() == 0) & np.isfinite(predicted)
-                & np.isfinite(simulated) & (predicted > 0) & (simulated > 0))
+        ok = group["status"].to_numpy() == 0
+        usable = np.isfinite(predicted) & (predicted > 0)
+        keep = ok & usable & np.isfinite(simulated) & (simulated > 0)
         r = np.abs(np.log(predicted[keep] / simulated[keep]))
         n = int(r.size)
         rows.append({"arm": arm, "n": n,
                      "median_abs_log_ratio": float(np.median(r)) if n else np.nan,
                      "p90_abs_log_ratio": float(np.percentile(r, 90)) if n else np.nan,
-                     "within_2x": float(np.mean(r <= math.log(2.0))) if n else np.nan})
-    return pd.DataFrame(rows, columns=["arm", "n", "median_abs_log_ratio",
-                                       "p90_abs_log_ratio", "within_2x"])
+                     "within_2x": float(np.mean(r <= math.log(2.0))) if n else np.nan,
+                     "not_positive": int(np.count_nonzero(ok & ~usable))})
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _status_names():
@@ -241,13 +303,16 @@ def _model(name):
 
 # -- plots --------------------------------------------------------------------
 
-def plot_rates(summary, path, title):
+def plot_rates(summary, path, title, labels):
+    """The response rates (lead definition, then the other) and the severe CRS
+    rate per arm, with their Wilson intervals; ``labels``: {outcome: label}."""
     plt = pyplot()
     arms = _ordered(summary, "arm")
-    shown = [o for o in ("responded", "severe_crs") if o in set(summary["outcome"])]
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(arms) + 2.5), 4.8))
+    shown = [o for o in _ordered(summary, "outcome") if o in (*RESPONSES, SEVERE)]
+    responses = [o for o in shown if o in RESPONSES]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(arms) + 2.5), 5.2))
     width = 0.8 / max(1, len(shown))
-    colours = {"responded": "tab:blue", "severe_crs": "tab:red"}
+    colours = {**dict(zip(responses, RESPONSE_COLOURS)), SEVERE: "tab:red"}
     top = 0.0
     for k, outcome in enumerate(shown):
         rows = summary[summary["outcome"] == outcome].set_index("arm").reindex(arms)
@@ -256,7 +321,7 @@ def plot_rates(summary, path, title):
         ax.bar(x, rate, width * 0.9, color=colours.get(outcome), alpha=0.35,
                edgecolor=colours.get(outcome))
         ax.errorbar(x, rate, yerr=[rate - lower, upper - rate], fmt="o", capsize=5,
-                    color=colours.get(outcome), label=f"{LABELS[outcome]} (Wilson 95% CI)")
+                    color=colours.get(outcome), label=f"{labels[outcome]} (Wilson 95% CI)")
         for xi, r, u in zip(x, rate, upper):
             if np.isfinite(r):
                 ax.annotate(f"{r:.1f}%", (xi, u), textcoords="offset points", xytext=(0, 4),
@@ -267,7 +332,7 @@ def plot_rates(summary, path, title):
     ax.set_ylim(0, min(108.0, top * 1.15 + 3.0) if top > 0 else 1.0)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=len(shown), fontsize=9,
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=1, fontsize=9,
               frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
@@ -454,7 +519,7 @@ def plot_trajectories(trajectories, model, arms, path,
 
 # -- Markdown -----------------------------------------------------------------
 
-def _md_rates(summary, policies, outcomes):
+def _md_rates(summary, policies, outcomes, labels):
     rows = []
     for arm in _ordered(summary, "arm"):
         group = summary[summary["arm"] == arm].set_index("outcome")
@@ -466,19 +531,39 @@ def _md_rates(summary, policies, outcomes):
             else:
                 cells.append("n/a")
         rows.append([arm, policies.get(arm, "?"), int(group["n"].iloc[0]), *cells])
-    return md_table(["arm", "policy", "n ok", *(f"{LABELS.get(o, o)} % [95% CI] (events/n)"
+    return md_table(["arm", "policy", "n ok", *(f"{labels.get(o, o)} % [95% CI] (events/n)"
                                                  for o in outcomes)], rows)
 
 
-def _md_paired(paired, outcomes):
+def _md_paired(paired, outcomes, labels):
     rows = []
     for row in paired.itertuples(index=False):
         if row.outcome not in outcomes:
             continue
-        rows.append([row.arm, LABELS.get(row.outcome, row.outcome), row.n, row.arm_only,
+        rows.append([row.arm, labels.get(row.outcome, row.outcome), row.n, row.arm_only,
                      row.reference_only, _difference_cell(row)])
     return md_table(["arm", "outcome", "n (ok in both)", "arm only", "reference only",
                       "difference, points [exact 95% CI]"], rows)
+
+
+def _md_question(summary, paired, policies, reference, lead, labels):
+    """The report's first section: per arm the lead response and severe CRS
+    rates, their paired differences from the reference, and the verdicts."""
+    headline = (lead, SEVERE)
+    _, rates = _rate_rows(summary[summary["outcome"].isin(headline)])
+    _, differences = _difference_rows(paired[paired["outcome"].isin(headline)])
+    against = {arm: cells for arm, _, *cells in differences}      # every arm but the reference
+    rows = [[arm, policies.get(arm, "?"), n, *cells,
+             *against.get(arm, ["reference"] * len(headline))] for arm, n, *cells in rates]
+    versus = f"vs `{reference}`, points [exact 95% CI]"
+    table = md_table(["arm", "policy", "n ok", f"{labels[lead]} % [95% CI]",
+                      f"{labels[SEVERE]} % [95% CI]", f"response {versus}",
+                      f"severe CRS {versus}"], rows)
+    return "\n".join([
+        f"Reference: `{reference}`, the first arm of the config. Rates: patients with status "
+        "ok, Wilson 95% intervals. Differences: each arm minus the reference on the same "
+        "virtual patients (ok in both arms), exact paired 95% intervals.", "",
+        table, "", *_verdict_block(paired, lead, labels, "- ")])
 
 
 def _quantiles(values):
@@ -490,12 +575,16 @@ def _quantiles(values):
 
 def _markdown(facts, summary, paired, strata, predictor, patients, policies, scenario,
               written, trajectories_note, sections):
-    outcomes_md = ("responded", "severe_crs")
+    outcomes = report_outcomes(scenario, patients.columns)
+    lead, labels = outcomes[0], outcome_labels(scenario)
+    outcomes_md = (lead, SEVERE)
     name = facts["scenario"]
-    lines = [f"# cartcohort report: {name}", ""]
+    lines = [f"# cartcohort report: {name}", "",
+             "## Does the policy beat the reference?", "",
+             _md_question(summary, paired, policies, facts["reference"], lead, labels), "",
+             "## Scenario", ""]
     if scenario is not None and scenario.description:
         lines += [scenario.description, ""]
-    lines += ["## Scenario", ""]
     info = [("scenario", name), ("model", facts.get("model", "?"))]
     for key in ("seed", "version", "config_sha256"):
         if facts.get(key) is not None:
@@ -508,8 +597,9 @@ def _markdown(facts, summary, paired, strata, predictor, patients, policies, sce
     if scenario is not None:
         info.append(("horizon", f"{scenario.horizon_days:g} days"))
         o = scenario.outcomes
-        info.append(("response", f"tumour at day {o.response_day:g} <= "
-                                 f"{o.response_fraction:g} x baseline"))
+        info += [(labels[r], response_rule(r, o) + ("; the report leads with it" if r == lead
+                                                     else ""))
+                 for r in outcomes if r in RESPONSES]
         info.append(("relapse", f"tumour back above {o.relapse_fraction:g} x baseline "
                                 f"after its minimum"))
         info.append(("severe CRS", f"grade >= {o.severe_crs_grade}, grade = number of peak "
@@ -523,7 +613,7 @@ def _markdown(facts, summary, paired, strata, predictor, patients, policies, sce
 
     lines += ["## Rates per arm", "",
               "Patients whose integration succeeded (status 0); Wilson 95% intervals.", "",
-              _md_rates(summary, policies, OUTCOMES), ""]
+              _md_rates(summary, policies, outcomes, labels), ""]
 
     lines += ["## Paired differences", ""]
     if len(paired):
@@ -531,7 +621,7 @@ def _markdown(facts, summary, paired, strata, predictor, patients, policies, sce
                   "(ok in both arms); exact conditional 95% intervals (McNemar-type, from "
                   "the discordant pairs). \"arm only\": event in the arm and not in the "
                   "reference; \"reference only\": the reverse.", "",
-                  _md_paired(paired, OUTCOMES), ""]
+                  _md_paired(paired, outcomes, labels), ""]
     else:
         lines += ["Only one arm: no paired difference.", ""]
 
@@ -541,12 +631,14 @@ def _markdown(facts, summary, paired, strata, predictor, patients, policies, sce
             return f"{r:.3f} (x{math.exp(r):.2f})" if math.isfinite(r) else "n/a"
 
         rows = [[r.arm, r.n, ratio(r.median_abs_log_ratio), ratio(r.p90_abs_log_ratio),
-                 f"{_pct(r.within_2x)}%"] for r in predictor.itertuples(index=False)]
+                 f"{percent(r.within_2x)}%", r.not_positive]
+                for r in predictor.itertuples(index=False)]
         lines += ["Closed-form peak IL-6 prediction against the full model, "
                   "r = |ln(predicted / simulated peak IL-6)|, patients with status ok "
-                  "(in brackets: the same as a factor).", "",
+                  "(in brackets: the same as a factor); \"not positive\": patients "
+                  "whose prediction is not a positive finite number, left out of r.", "",
                   md_table(["arm", "n", "median r", "90th percentile r",
-                             "within 2x"], rows), ""]
+                             "within 2x", "not positive"], rows), ""]
     else:
         lines += ["No adaptive arm in this run (no predicted peak IL-6).", ""]
 
@@ -570,7 +662,7 @@ def _markdown(facts, summary, paired, strata, predictor, patients, policies, sce
                          *(_rate_cell(_Row(g.loc[o])) if o in g.index else "n/a"
                            for o in outcomes_md)])
         lines += [md_table(["stratum (cells)", "arm", "n ok",
-                             *(f"{LABELS[o]} % [95% CI]" for o in outcomes_md)], rows), ""]
+                             *(f"{labels[o]} % [95% CI]" for o in outcomes_md)], rows), ""]
     else:
         lines += ["No strata (no finite baseline tumour burden).", ""]
 
@@ -588,7 +680,8 @@ def _markdown(facts, summary, paired, strata, predictor, patients, policies, sce
     lines += [md_table(headers, rows), ""]
 
     lines += ["## Plots", ""]
-    captions = {"rates": "Response and severe-CRS rates with Wilson 95% intervals",
+    captions = {"rates": "Response (both definitions) and severe-CRS rates with Wilson 95% "
+                         "intervals",
                 "adaptive_doses": "Dose distribution",
                 "il6_vs_dose": "Peak IL-6 vs dose",
                 "trajectories": "Sample trajectories"}
@@ -621,11 +714,12 @@ def build_report(run_dir):
     paths = {key: out / name for key, name in FILES.items()}
     written = {}
 
-    summary = arm_rates(patients, OUTCOMES)
-    paired = paired_differences(patients, reference, OUTCOMES)
+    outcomes = report_outcomes(scenario, patients.columns)
+    summary = arm_rates(patients, outcomes)
+    paired = paired_differences(patients, reference, outcomes)
     finite = patients[np.isfinite(patients[STRATUM_COLUMN].to_numpy(float))]
     if len(finite):
-        strata = strata_rates(finite, STRATUM_COLUMN, OUTCOMES, N_STRATA)
+        strata = strata_rates(finite, STRATUM_COLUMN, outcomes, N_STRATA)
     else:
         strata = pd.DataFrame(columns=["stratum", *summary.columns])
     for key, frame in (("summary", summary), ("paired", paired), ("strata", strata)):
@@ -635,7 +729,8 @@ def build_report(run_dir):
     name = manifest.get("scenario") or (scenario.name if scenario is not None else run.name)
     n_patients = int(patients["patient_id"].nunique())
     plot_rates(summary, paths["rates"],
-               f"{name}: rates per arm ({n_patients:,} patients, status ok counted)")
+               f"{name}: rates per arm ({n_patients:,} patients, status ok counted)",
+               outcome_labels(scenario))
     written["rates"] = paths["rates"]
     plot_doses(patients, policies, scenario, paths["adaptive_doses"])
     written["adaptive_doses"] = paths["adaptive_doses"]

@@ -45,20 +45,11 @@ def tumour_at_infusion(model, y0):
 
 
 def arm_doses(model, scenario, arm, shard, y0, params):
-    """Cells per patient under the arm's policy, and the adaptive predictor's
-    peak IL-6 (NaN for other policies)."""
-    predicted = np.full(len(shard), np.nan)
-    tumour0 = tumour_at_infusion(model, y0)
-    if arm.policy == "fixed":
-        dose = policies.fixed_dose(arm, shard.covariates["weight_kg"])
-    elif arm.policy == "adaptive":
-        clearance = params[:, model.parameter_index("c")]
-        dose = policies.adaptive_dose(model, arm, tumour0, clearance)
-        predicted = policies.predicted_peak_il6(model, dose, tumour0, clearance)
-    else:
-        dose = policies.oracle_dose(model, arm, y0, params, scenario.horizon_days,
-                                    scenario.rtol, scenario.atol)
-    return dose, predicted
+    """The arm's dosing (:class:`pipeline.policies.Dosing`) under its policy,
+    through the policy table (:data:`pipeline.policies.POLICIES`)."""
+    patients = policies.ArmPatients(model, scenario, arm, shard.covariates["weight_kg"],
+                                    tumour_at_infusion(model, y0), y0, params)
+    return policies.policy(arm.policy).dose(patients)
 
 
 def _model_columns(model, params, dose, tumour0, columns):
@@ -106,7 +97,8 @@ def run_shard(scenario, shard_index):
         burden = policies.tumour_at_infusion(arm, shard.covariates["tumour_burden_cells"])
         y0 = model.initial_states(burden / model.cells_per_unit, params)
         tumour0 = tumour_at_infusion(model, y0)
-        dose, predicted = arm_doses(model, scenario, arm, shard, y0, params)
+        dosing = arm_doses(model, scenario, arm, shard, y0, params)
+        dose = dosing.dose_cells
         events, first_event = policies.intervention_events(model, arm)
         solution = _solve(model, scenario, y0, params, dose, features=features, events=events)
         given = {f"t_{name}_d": (solution.event_times[:, first_event[name]]
@@ -122,7 +114,8 @@ def run_shard(scenario, shard_index):
             "debulking_factor": np.full(n, arm.debulking_factor),
             "tumor0_cells": tumour0,
             "dose_cells": dose,
-            "il6_peak_predicted_pg_ml": predicted,
+            "il6_peak_predicted_pg_ml": dosing.predicted_il6_pg_ml,
+            "dose_meets_target": dosing.meets_target,
             **columns, **result,
             **_model_columns(model, params, dose, tumour0, {**columns, **result}),
             **given,

@@ -211,6 +211,15 @@ MALFORMED = [
      add('[outcomes]\ncrs_il6_thresholds_pg_ml = [100.0, "500", 2000.0, 5000.0]\n'),
      "outcomes.crs_il6_thresholds_pg_ml[1]"),
     ("severe_crs_grade 5", add("[outcomes]\nsevere_crs_grade = 5\n"), "outcomes.severe_crs_grade"),
+    ("no_detectable_disease_cells 0", add("[outcomes]\nno_detectable_disease_cells = 0.0\n"),
+     "outcomes.no_detectable_disease_cells"),
+    ("no_detectable_disease_cells a string",
+     add('[outcomes]\nno_detectable_disease_cells = "1e9"\n'),
+     "outcomes.no_detectable_disease_cells"),
+    ("lead_response unknown", add('[outcomes]\nlead_response = "complete_response"\n'),
+     "outcomes.lead_response"),
+    ("lead_response not a string", add("[outcomes]\nlead_response = 1\n"),
+     "outcomes.lead_response"),
     ("unknown key in outcomes", add("[outcomes]\nresponse_days = 28.0\n"),
      "outcomes.response_days"),
     ("unknown quoted key with a newline", add('[outcomes]\n"a\\nb" = 1\n'),
@@ -229,6 +238,24 @@ def test_base_is_valid():
     assert scenario.shard_size == 10_000 and scenario.rtol == 1e-6 and scenario.atol == 1e-9
     assert scenario.outcomes.crs_il6_thresholds_pg_ml == (100.0, 500.0, 2000.0, 5000.0)
     assert scenario.output.dir == "out" and scenario.run_dir == Path("out", "t")
+
+
+def test_response_keys_default_and_read():
+    """The absolute response threshold and the lead response: defaults, then set."""
+    outcomes = scenario_from_text(BASE, SOURCE).outcomes
+    assert (outcomes.no_detectable_disease_cells, outcomes.lead_response) == (1e9, "responded")
+    text = add('[outcomes]\nno_detectable_disease_cells = 5e8\n'
+               'lead_response = "no_detectable_disease"\n')(BASE)
+    outcomes = scenario_from_text(text, SOURCE).outcomes
+    assert (outcomes.no_detectable_disease_cells, outcomes.lead_response) == (
+        5e8, "no_detectable_disease")
+
+
+def test_lead_response_message_lists_the_choices():
+    with pytest.raises(ConfigError) as caught:
+        scenario_from_text(add('[outcomes]\nlead_response = "cr"\n')(BASE), SOURCE)
+    assert str(caught.value) == ("bad.toml: outcomes.lead_response: expected one of "
+                                 "responded, no_detectable_disease, got 'cr'")
 
 
 @pytest.mark.parametrize("description, mutate, key", MALFORMED,
@@ -280,7 +307,7 @@ def test_missing_file(tmp_path):
 
 SHIPPED = sorted(p.stem for p in CONFIGS.glob("*.toml")            # scenarios, not fit configs
                  if "[scenario]" in p.read_text(encoding="utf-8"))
-SAME_PATIENTS_AS_DEFAULT = ("debulking", "prophylaxis")
+SAME_PATIENTS_AS_DEFAULT = ("debulking", "dose_response", "prophylaxis")
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -296,7 +323,7 @@ def test_every_shipped_config_is_valid_and_named_after_its_file(name):
 def test_the_default_config():
     scenario = load_scenario(CONFIGS / "default.toml")
     model = get_model(scenario.model)
-    assert scenario.model == "cart"
+    assert scenario.model == "cart2"
     assert (scenario.patients, scenario.shard_size, scenario.seed) == (100_000, 10_000, 20240601)
     assert scenario.horizon_days == 365.0 and scenario.n_shards == 10
     assert {a.name: a.policy for a in scenario.arms} == {
@@ -307,15 +334,17 @@ def test_the_default_config():
     for spec, parameter in zip(cohort.parameters, model.parameters):
         assert (spec.typical, spec.sd_log) == (parameter.typical, parameter.sd_log)
     assert [(c.name, c.median, c.sd_log) for c in cohort.covariates] == [
-        ("tumour_burden_cells", 1e10, 1.4), ("weight_kg", 75.0, 0.2)]
+        ("tumour_burden_cells", 1e11, 1.2), ("weight_kg", 75.0, 0.2)]
     assert cohort.effects == () and cohort.correlation is None
     for arm in scenario.arms:
         if arm.policy == "fixed":
             assert arm.dose_cells == 1e8 and arm.dose_cells_per_kg is None
         else:
             assert (arm.target_il6_pg_ml, arm.min_dose_cells, arm.max_dose_cells) == (
-                1000.0, 1e7, 1e9)
+                700.0, 1e7, 1e9)
         assert arm.debulking_factor == 1.0
+    assert scenario.outcomes.lead_response == "no_detectable_disease"
+    assert scenario.outcomes.no_detectable_disease_cells == 1e9
 
 
 def test_the_debulking_config_sweeps_the_factor():
@@ -412,7 +441,7 @@ def cartcohort(*args, cwd):
 
 @pytest.mark.parametrize("description", [
     "unknown key in scenario", "negative dose", "unknown model", "no arms",
-    "correlation not positive definite", "TOML syntax error"])
+    "correlation not positive definite", "TOML syntax error", "lead_response unknown"])
 def test_validate_rejects(tmp_path, description):
     mutate, key = next((m, k) for d, m, k in MALFORMED if d == description)
     (tmp_path / SOURCE).write_text(mutate(BASE), encoding="utf-8")

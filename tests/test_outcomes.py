@@ -6,12 +6,12 @@ import numpy as np
 
 from kernels.dopri5 import Doses, solve
 from kernels.models import get_model
-from pipeline.outcomes import (FEATURE_COLUMNS, crs_grade, feature_columns, kernel_features,
-                               outcome_columns)
+from pipeline.outcomes import (FEATURE_COLUMNS, RESPONSES, crs_grade, feature_columns,
+                               kernel_features, outcome_columns, response_label)
 
 RULES = SimpleNamespace(response_day=28.0, response_fraction=0.01, relapse_fraction=0.1,
                         crs_il6_thresholds_pg_ml=(100.0, 500.0, 2000.0, 5000.0),
-                        severe_crs_grade=3)
+                        severe_crs_grade=3, no_detectable_disease_cells=1e9)
 
 
 def test_crs_grade_counts_thresholds_reached():
@@ -34,6 +34,33 @@ def test_response_relapse_and_severity_rules():
     assert np.isnan(out["t_relapse_d"][1:]).all() and out["t_relapse_d"][0] == 200.0
     assert out["severe_crs"].tolist() == [True, False, False]
     assert np.allclose(out["best_response_log10"], [-4.0, np.log10(0.02), np.log10(0.02)])
+
+
+def test_no_detectable_disease_is_absolute():
+    """Tumour at the landmark <= no_detectable_disease_cells, whatever T0: a
+    small (debulked) tumour that barely shrank counts, a two-log fall from a
+    large one that leaves more than 1e9 cells does not; NaN (a failed patient)
+    is False."""
+    columns = {
+        "tumor_response_day_cells": np.array([8e8, 5e9, 1e9, 1.1e9, np.nan]),
+        "tumor_min_cells": np.array([8e8, 5e9, 1e9, 1.1e9, np.nan]),
+        "t_rebound_d": np.full(5, np.nan),
+        "il6_peak_pg_ml": np.full(5, 10.0),
+    }
+    tumor0 = np.array([1e9, 1e12, 1e10, 1e12, 1e10])
+    out = outcome_columns(columns, tumor0, RULES)
+    assert out["no_detectable_disease"].tolist() == [True, False, True, False, False]
+    assert out["responded"].tolist() == [False, True, False, True, False]
+    assert out["no_detectable_disease"].dtype == bool
+
+
+def test_response_labels_state_the_rule():
+    rules = SimpleNamespace(response_day=90.0, response_fraction=0.01)
+    assert response_label("responded", rules) == "response (tumour <= 1% of baseline at day 90)"
+    assert response_label("no_detectable_disease", rules) == (
+        "response (no detectable disease at day 90)")
+    assert response_label("responded") == "response (tumour <= a fraction of baseline)"
+    assert set(RESPONSES) == {"responded", "no_detectable_disease"}
 
 
 def test_cart_features_in_cells_and_consistent():

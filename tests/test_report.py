@@ -16,7 +16,9 @@ import pytest
 
 from pipeline.config import scenario_from_text
 from pipeline.query import open_patients, open_trajectories, query
-from pipeline.report import FILES, build_report, format_arm_table, read_arm_tables
+from pipeline.report import (FILES, build_report, console_summary, format_arm_table,
+                             read_arm_tables)
+from pipeline.verdict import verdict
 from small_run import FIXED_AND_ADAPTIVE_ARMS
 
 ARMS = ("fixed", "adaptive", "oracle")
@@ -84,13 +86,14 @@ def _patients(arm, shard, ids, rng_base):
         "tumor_response_day_cells": np.where(responded, burden * 1e-3, burden * 0.5),
         "tumor_end_cells": burden * 1e-2, "t_rebound_d": np.where(relapsed, 120.0, np.nan),
         "responded": responded, "best_response_log10": -3.0 + noise.random(n),
+        "no_detectable_disease": np.where(responded, burden * 1e-3, burden * 0.5) <= 1e9,
         "relapsed": relapsed, "t_relapse_d": np.where(relapsed, 150.0, np.nan),
         "crs_grade": grade, "severe_crs": grade >= 3, "status": status,
         "n_steps": np.full(n, 500, np.int64)})
     failed = status != 0
     for column in ("il6_peak_pg_ml", "cart_peak_cells", "tumor_end_cells"):
         frame.loc[failed, column] = nan[failed]
-    frame.loc[failed, ["responded", "relapsed", "severe_crs"]] = False
+    frame.loc[failed, ["responded", "no_detectable_disease", "relapsed", "severe_crs"]] = False
     return frame
 
 
@@ -110,15 +113,18 @@ def _trajectories(arm, shard, ids, dose):
     return pd.concat(rows, ignore_index=True)
 
 
-def make_run(root, trajectories=True, name="synthetic"):
+def make_run(root, trajectories=True, name="synthetic", outcomes="", drop=()):
     """A run directory following the runner's contract; returns (path, patients)
-    with ``patients`` the concatenated rows (and an ``arm`` column)."""
+    with ``patients`` the concatenated rows (and an ``arm`` column). ``outcomes``:
+    an ``[outcomes]`` table appended to the config; ``drop``: patient columns left
+    out (as in runs written before them)."""
     run = root / name
+    config = CONFIG + outcomes
     frames = []
     for arm in ARMS:
         for shard in range(PATIENTS // SHARD_SIZE):
             ids = np.arange(shard * SHARD_SIZE, (shard + 1) * SHARD_SIZE)
-            frame = _patients(arm, shard, ids, rng_base=11)
+            frame = _patients(arm, shard, ids, rng_base=11).drop(columns=list(drop))
             target = run / "patients" / f"arm={arm}" / f"part-{shard:05d}.parquet"
             target.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), target)
@@ -129,8 +135,8 @@ def make_run(root, trajectories=True, name="synthetic"):
                 target = run / "trajectories" / f"arm={arm}" / f"part-{shard:05d}.parquet"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 pq.write_table(pa.Table.from_pandas(traj, preserve_index=False), target)
-    scenario = scenario_from_text(CONFIG)
-    (run / "config.toml").write_text(CONFIG, encoding="utf-8")
+    scenario = scenario_from_text(config)
+    (run / "config.toml").write_text(config, encoding="utf-8")
     manifest = {"scenario": name, "config_sha256": scenario.sha256, "seed": 7,
                 "version": "0.1.0", "arms": list(ARMS), "reference_arm": ARMS[0],
                 "shards": {"0": "done", "1": "done"}, "model": "cart"}
@@ -224,7 +230,9 @@ def test_summary_rates_equal_direct_computation(run, report):
     _, patients = run
     summary = pd.read_csv(report["summary"])
     ok = patients[patients["status"] == 0]
-    assert len(summary) == len(ARMS) * 3
+    assert len(summary) == len(ARMS) * 4
+    assert list(summary["outcome"].iloc[:4]) == ["responded", "no_detectable_disease",
+                                                 "severe_crs", "relapsed"]
     for row in summary.itertuples():
         group = ok[ok["arm"] == row.arm]
         assert row.n == len(group)
@@ -258,7 +266,7 @@ def test_report_markdown_has_rates_and_predictor(run, report):
     ok = patients[patients["status"] == 0]
     for arm in ARMS:
         group = ok[ok["arm"] == arm]
-        for outcome in ("responded", "severe_crs"):
+        for outcome in ("responded", "no_detectable_disease", "severe_crs"):
             events = int(group[outcome].sum())
             rate = f"{100 * events / len(group):.1f}%"
             assert f"{rate} [" in text and f"({events}/{len(group)})" in text, (arm, outcome)
@@ -271,6 +279,73 @@ def test_report_markdown_has_rates_and_predictor(run, report):
     failed = int((patients[patients["arm"] == "fixed"]["status"] != 0).sum())
     assert failed > 0                                               # status counts
     assert f"| fixed | {PATIENTS - failed} | {failed} | {PATIENTS} |" in text
+
+
+def _verdicts(report_dir, lead):
+    """verdict() of each non-reference arm, from the report's paired.csv."""
+    _, paired = read_arm_tables(report_dir)
+    rows = paired.set_index(["arm", "outcome"])
+    return [verdict(arm, "fixed", rows.loc[(arm, lead)], rows.loc[(arm, "severe_crs")])
+            for arm in ARMS[1:]]
+
+
+def test_report_opens_with_the_question(run, report):
+    """report.md's first section: the lead response and severe CRS per arm with
+    intervals, their differences from the reference, a verdict per arm."""
+    _, patients = run
+    text = report["report"].read_text(encoding="utf-8")
+    sections = re.findall(r"^## (.+)$", text, re.M)
+    assert sections[:2] == ["Does the policy beat the reference?", "Scenario"]
+    first = text.split("\n## ")[1]
+    header = next(line for line in first.splitlines() if line.startswith("| arm |"))
+    assert "response (tumour <= 1% of baseline at day 28) % [95% CI]" in header
+    assert "severe CRS % [95% CI]" in header and "vs `fixed`" in header
+    summary, paired = read_arm_tables(report["summary"].parent)
+    adaptive = paired[(paired.arm == "adaptive") & (paired.outcome == "severe_crs")].iloc[0]
+    row = next(line for line in first.splitlines() if line.startswith("| adaptive |"))
+    assert f"{100 * adaptive.difference:+.2f} [" in row
+    assert "| fixed | fixed |" in first and "| reference | reference |" in first
+    for line in _verdicts(report["summary"].parent, "responded"):
+        assert f"- {line}" in first
+    # both response definitions are defined in the scenario table, the lead first
+    lead = text.index("| response (tumour <= 1% of baseline at day 28) | tumour at day 28")
+    other = text.index("| secondary response (no detectable disease at day 28) | tumour at day "
+                       "28 <= 1e+09 cells")
+    assert lead < other
+
+
+def test_lead_response_no_detectable_disease_leads(tmp_path):
+    """``lead_response = "no_detectable_disease"``: it comes first in summary.csv,
+    the question's table and the verdicts; the relative one is secondary."""
+    path, _ = make_run(tmp_path, trajectories=False, name="absolute",
+                       outcomes='\n[outcomes]\nlead_response = "no_detectable_disease"\n')
+    paths = build_report(path)
+    summary = pd.read_csv(paths["summary"])
+    assert list(summary["outcome"].iloc[:4]) == ["no_detectable_disease", "responded",
+                                                 "severe_crs", "relapsed"]
+    text = paths["report"].read_text(encoding="utf-8")
+    first = text.split("\n## ")[1]
+    assert "| arm | policy | n ok | response (no detectable disease at day 28) % [95% CI] |" \
+        in first
+    assert "lead response (no detectable disease at day 28)" in first
+    for line in _verdicts(paths["summary"].parent, "no_detectable_disease"):
+        assert f"- {line}" in first
+    assert "secondary response (tumour <= 1% of baseline at day 28)" in text
+    assert "the report leads with it" in text.split("| response (no detectable disease")[2]
+    printed = console_summary(path)
+    assert "lead response (no detectable disease at day 28)" in printed
+
+
+def test_report_of_a_run_without_the_absolute_response(tmp_path):
+    """A run written before ``no_detectable_disease`` existed: the report leads
+    with ``responded`` and leaves the other definition out."""
+    path, _ = make_run(tmp_path, trajectories=False, name="older",
+                       drop=("no_detectable_disease",))
+    paths = build_report(path)
+    summary = pd.read_csv(paths["summary"])
+    assert "no_detectable_disease" not in set(summary["outcome"])
+    assert len(summary) == len(ARMS) * 3
+    assert "no detectable disease" not in paths["report"].read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("key", ["rates", "adaptive_doses", "il6_vs_dose", "trajectories"])
@@ -314,6 +389,10 @@ def test_cli_report(run):
     assert "rates per arm" in result.stdout and "paired differences vs fixed" in result.stdout
     for arm in ARMS:
         assert re.search(rf"^{arm}\s+\d+\s+\d+\.\d%", result.stdout, re.M)
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Does the policy beat the reference?")
+    assert lines[1:3] == [f"  {line}" for line in _verdicts(run[0] / "report", "responded")]
+    assert "secondary response (no detectable disease at day 28)" in result.stdout
     for name in FILES.values():
         assert name in result.stderr
 
@@ -350,3 +429,20 @@ def test_arm_order_from_config_without_manifest(tmp_path):
     assert list(dict.fromkeys(open_patients(path)["arm"])) == list(ARMS)
     paired = pd.read_csv(build_report(path)["paired"])
     assert (paired["reference"] == ARMS[0]).all()
+
+
+def test_predictor_error_counts_unusable_predictions():
+    """A negative or non-finite prediction is counted in not_positive, never
+    silently dropped; r is |ln(predicted / simulated)| over the others."""
+    from pipeline.report import predictor_error
+
+    patients = pd.DataFrame({
+        "arm": ["adaptive"] * 5,
+        "status": [0, 0, 0, 0, 1],
+        "il6_peak_predicted_pg_ml": [-3.0, np.nan, 100.0, 400.0, 50.0],
+        "il6_peak_pg_ml": [80.0, 90.0, 200.0, 100.0, 50.0],
+    })
+    row = predictor_error(patients).iloc[0]
+    assert row.n == 2 and row.not_positive == 2
+    assert row.median_abs_log_ratio == pytest.approx(np.median([np.log(2.0), np.log(4.0)]))
+    assert row.within_2x == pytest.approx(0.5)

@@ -187,7 +187,7 @@ def _scenario_patients(scenario, arm):
         params = arm_parameters(model, scenario, arm, shard.params)
         burden = policies.tumour_at_infusion(arm, shard.covariates["tumour_burden_cells"])
         y0 = model.initial_states(burden / model.cells_per_unit, params)
-        dose, _ = arm_doses(model, scenario, arm, shard, y0, params)
+        dose = arm_doses(model, scenario, arm, shard, y0, params).dose_cells
         parts.append((shard.patient_ids, params, dose,
                       {**shard.covariates, "tumour_burden_cells": burden}))
     covariates = {name: np.concatenate([p[3][name] for p in parts]) for name in parts[0][3]}

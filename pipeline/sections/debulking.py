@@ -10,9 +10,11 @@ Per arm, ordered by debulking factor, over the patients with status 0:
   days; peak IL-6 in the first month is what tracks severe CRS, Teachey et al.
   2016, science/REFERENCES.md), a second wave of killing as the tumour regrows,
   which ``il6_peak_pg_ml`` and the CRS grade count too since they take the
-  maximum over the whole horizon; severe CRS; response; durable response (the
-  cart model's ``durable_response``: responded and not relapsed up to the
-  horizon);
+  maximum over the whole horizon; severe CRS; response (relative to the tumour
+  at infusion); no detectable disease (an absolute response, which a smaller
+  tumour at infusion does not make harder to reach; pipeline/outcomes.py);
+  durable response (the cart model's ``durable_response``: responded and not
+  relapsed up to the horizon);
 * effector-to-target ratio at infusion, dose / tumour at infusion: median;
 * memory and exhausted fractions of all CAR T cells at days 28 and 90
   (``memory_fraction_d28`` ...; those the run has): median and 25th-75th
@@ -33,7 +35,8 @@ from pipeline.figures import md_table, pyplot, save
 CRS_WINDOW_DAYS = 28.0
 LATE_PEAK = "late_il6_peak"
 RATES = ((LATE_PEAK, f"IL-6 peak after day {CRS_WINDOW_DAYS:g}"), ("severe_crs", "severe CRS"),
-         ("responded", "response"), ("durable_response", "durable response"))
+         ("responded", "response"), ("no_detectable_disease", "no detectable disease"),
+         ("durable_response", "durable response"))
 PHENOTYPE_FRACTIONS = (("memory_fraction_d28", "memory d28"),
                        ("exhausted_fraction_d28", "exhausted d28"),
                        ("memory_fraction_d90", "memory d90"),
@@ -122,8 +125,10 @@ _PANELS = (
      [(LATE_PEAK, "late IL-6 peak", "tab:brown", False)]),
     ("severe CRS (Wilson 95% CI)", "patients (%)", "linear",
      [("severe_crs", "severe CRS", "tab:red", False)]),
-    ("response and durable response (Wilson 95% CI)", "patients (%)", "linear",
+    ("response, no detectable disease, durable response (Wilson 95% CI)", "patients (%)",
+     "linear",
      [("responded", "response", "tab:blue", False),
+      ("no_detectable_disease", "no detectable disease", "tab:cyan", False),
       ("durable_response", "durable response", "tab:green", False)]),
     *((f"{kind} CAR T, median and IQR", "fraction of all CAR T cells", "linear",
        [(c, label, _PHENOTYPE_COLOURS[c], True) for c, label in PHENOTYPE_FRACTIONS
@@ -196,7 +201,8 @@ PHENOTYPE_CAPTION = ("Memory and exhausted CAR T as fractions of all CAR T cells
                      "(25th-75th percentile):")
 INTRODUCTION = (
     "Arms ordered by debulking factor, the fraction of the baseline tumour left at infusion "
-    "(response is measured against that tumour). Patients with status ok. E:T = dose / "
+    "(response is measured against that tumour; no detectable disease is an absolute "
+    "threshold in cells, the same for every factor). Patients with status ok. E:T = dose / "
     "tumour at infusion. Durable response = response and no relapse up to the horizon. Peak "
     "IL-6 and the CRS grade are taken over the whole horizon; an IL-6 peak after day "
     f"{CRS_WINDOW_DAYS:g} is a second wave of killing as the tumour regrows, outside the "
