@@ -81,7 +81,7 @@ Keys (``required`` or the default; units are in the key names)
   policy "fixed", exactly one of:
     dose_cells       number > 0; CAR T cells infused
     dose_cells_per_kg number > 0; CAR T cells per kg of body weight
-  policies "adaptive" (models with a peak IL-6 predictor, ``pipeline.policies.PREDICTORS``:
+  policies "adaptive" (models with a peak IL-6 predictor, ``pipeline.predictors.PREDICTORS``:
   cart and cart2) and "oracle" (any model with IL-6), all required:
     target_il6_pg_ml number > 0; peak IL-6 safety target, pg/mL
     min_dose_cells   number > 0; smallest dose, cells
