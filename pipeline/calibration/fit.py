@@ -6,7 +6,9 @@ sum_i r_i(theta)^2, r_i the standardised residuals of
 :mod:`pipeline.calibration.objective` (each target's (achieved - value)/sd),
 with ``scipy.optimize.least_squares`` (trust-region reflective, forward-
 difference Jacobian with a relative step of 1e-2 on ln theta), within
-|theta_j| <= ln(bound_factor).
+|theta_j| <= ln(bound_factor), until a step changes the objective or theta by
+less than TOLERANCE (relative) or about ``max_evaluations`` cohort simulations
+(an iteration costs one per fitted value plus one) have been spent.
 
 Identifiability, at the solution: the local sensitivity matrix
 J_ij = d r_i / d ln(typical_j) by forward differences (step 0.05 on the log
@@ -31,6 +33,9 @@ from pipeline.calibration import objective
 IDENTIFIED_SE = float(np.log(2.0))   # ln units: within a factor 2 at one SE
 SENSITIVITY_STEP = 0.05       # ln units
 DIFF_STEP = 1e-2
+# the optimiser stops when a step changes the objective, or ln(typical), by less
+# than this relative amount: far below what targets with sds of a few percent resolve
+TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -104,8 +109,12 @@ def calibrate(spec, start=None, progress=None):
 
     objective.check_columns(spec, scenario)
     bound = np.log(spec.bound_factor)
+    # least_squares counts the base evaluations, not those of its finite-difference
+    # Jacobian: with n fitted values an iteration costs about n + 1 simulations
+    iterations = max(1, spec.max_evaluations // (len(spec.fit) + 1))
     fit = least_squares(fun, np.zeros(len(spec.fit)), bounds=(-bound, bound), method="trf",
-                        diff_step=DIFF_STEP, max_nfev=spec.max_evaluations, x_scale=1.0)
+                        diff_step=DIFF_STEP, max_nfev=iterations, x_scale=1.0,
+                        ftol=TOLERANCE, xtol=TOLERANCE, gtol=TOLERANCE)
     final = values_at(fit.x)
     residuals, stats = objective.evaluate(spec, scenario, final)
     sensitivity = _sensitivities(spec, scenario, final, residuals, spec.fit + spec.screen)

@@ -24,6 +24,7 @@ Keys
     smoothing_log10  number > 0, default 0.05: width (log10 units) of the logistic
                      that replaces a rate's 0/1 threshold in the objective
     max_evaluations  int >= 1, default 400: cohort simulations the optimiser may use
+                     (about: it stops at the first iteration past them)
 
 [[targets]]                       at least one
     name             str, required, unique: a label
