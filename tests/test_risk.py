@@ -8,9 +8,12 @@ planted coefficients of a noise-free grading model recovered exactly by OLS.
 Properties: the split and the grading noise depend on (seed, patient id) only;
 a calibrated p's threshold policy is not worse than treat-all or treat-none
 beyond sampling error; expected-utility gain = B x net benefit at tau. End to
-end on a small real run: fit, score, decide write their files, and a saved
-model scores as the fitted one.
+end on a small real run of the reference model cart2: fit, score, decide write
+their files, and a saved model scores as the fitted one. The grading
+references are per model, the run's (its scenario's model), and lie near that
+model's medians on its default cohort.
 """
+import dataclasses
 import io
 import json
 from types import SimpleNamespace
@@ -20,7 +23,8 @@ import pandas as pd
 import pytest
 from scipy.optimize import brentq, minimize
 from scipy.stats import kstest
-from scipy_reference import cart_rhs, solve_dense
+from conftest import sample_patients
+from scipy_reference import REFERENCE_RHS, solve_dense
 
 from kernels.dopri5 import solve
 from kernels.models import get_model
@@ -54,7 +58,13 @@ from pipeline.risk.features import (
     measured_log10,
     risk_frame,
 )
-from pipeline.risk.grading import LATENT_FEATURES, cut_grades
+from pipeline.risk.grading import (
+    LATENT_FEATURES,
+    REFERENCE_FIELDS,
+    REFERENCE_MODEL,
+    REFERENCES,
+    cut_grades,
+)
 from pipeline.risk.score import RiskScore, fit_ols, r_squared
 from pipeline.risk.utility import (
     TREAT_ALL,
@@ -65,14 +75,19 @@ from pipeline.risk.utility import (
     policy_table,
 )
 
+# the reference model and the default scenario's cohort (configs/default.toml)
 SCENARIO = """
 [scenario]
 name = "risk"
-model = "cart"
+model = "cart2"
 seed = 11
 patients = 1600
 shard_size = 800
 horizon_days = 120.0
+
+[cohort.covariates.tumour_burden_cells]
+median = 1e11
+sd_log = 1.2
 
 [[arms]]
 name = "fixed"
@@ -110,23 +125,26 @@ def frame(run_dir):
 
 # -- features ---------------------------------------------------------------------
 
-def test_early_and_day28_features_match_scipy(cart_patients):
+@pytest.mark.parametrize("model_name", ["cart2", "cart"])
+def test_early_and_day28_features_match_scipy(model_name):
     """The new standard columns (IL-6 and CAR T on days 1-3, CAR T AUC to day
-    28) of 8 random cart patients against a tight DOP853 solution with an AUC
-    state: relative error <= 1e-6 at kernel rtol 1e-9."""
-    model = get_model("cart")
-    cohort = cart_patients(8, 5)
+    28) of 8 random patients of each reference model against a tight DOP853
+    solution with an AUC state: relative error <= 1e-6 at kernel rtol 1e-9."""
+    model = get_model(model_name)
+    cohort = sample_patients(8, 5, model_name)
     sol = solve(model, cohort.y0, cohort.params, 0.0, 60.0, rtol=1e-9, atol=1e-12,
                 doses=cohort.doses, features=kernel_features(model, RULES, 60.0))
     columns = feature_columns(model, sol.features, RULES, 60.0)
+    il6, auc = model.state_index("I"), len(model.states)
+    car_t = [model.state_index(name) for name in ("E", "M", "X")]
     for i in range(len(cohort)):
-        f = cart_rhs(cohort.params[i], auc_of_car_t=True)
+        f = REFERENCE_RHS[model_name](cohort.params[i], auc_of_car_t=True)
         ref = solve_dense(f, np.append(cohort.y0_dosed[i], 0.0), 0.0, 60.0, atol=1e-14)
-        expected = {"cart_auc_d28_cells_d": ref.sol(28.0)[5] * 1e9}
+        expected = {"cart_auc_d28_cells_d": ref.sol(28.0)[auc] * 1e9}
         for day in EARLY_DAYS:
             y = ref.sol(float(day))
-            expected[f"il6_d{day}_pg_ml"] = y[4]
-            expected[f"cart_d{day}_cells"] = (y[1] + y[2] + y[3]) * 1e9
+            expected[f"il6_d{day}_pg_ml"] = y[il6]
+            expected[f"cart_d{day}_cells"] = y[car_t].sum() * 1e9
         for name, value in expected.items():
             assert columns[name][i] == pytest.approx(value, rel=1e-6), (name, i)
     assert np.all(columns["cart_auc_d28_cells_d"] < columns["cart_auc_cells_d"])
@@ -202,6 +220,46 @@ def test_grading_noise_has_unit_variance():
     assert cut_grades([1.9, 2.0, 3.7, 9.0], GradingModel().cuts).tolist() == [0, 1, 4, 4]
     with pytest.raises(ValueError, match="unknown grading model values"):
         GradingModel.for_thresholds(THRESHOLDS, slope=1.0)
+
+
+def _references(grading):
+    return {name: getattr(grading, name) for name in REFERENCE_FIELDS}
+
+
+def test_grading_references_are_per_model():
+    """One table of references per model: cart keeps its values (old runs
+    reproduce), cart2 has its own, a bare GradingModel() has the reference
+    model's, values given override them, and a model without references needs
+    all three given."""
+    assert REFERENCE_MODEL == "cart2" and {"cart", "cart2"} <= set(REFERENCES)
+    cart = GradingModel.for_model("cart", THRESHOLDS)
+    assert _references(cart) == {"il6_ref_pg_ml": 250.0, "expansion_ref_cells": 1e10,
+                                 "tumour_ref_cells": 1e10}
+    cart2 = GradingModel.for_model("cart2", THRESHOLDS, seed=4, noise_sd=0.0)
+    assert _references(cart2) == {"il6_ref_pg_ml": 440.0, "expansion_ref_cells": 1e10,
+                                  "tumour_ref_cells": 1e11}
+    assert cart2.seed == 4 and cart2.noise_sd == 0.0 and cart2.cuts == cart.cuts
+    assert GradingModel() == GradingModel.for_model(REFERENCE_MODEL, THRESHOLDS)
+    assert GradingModel.for_model("cart", THRESHOLDS, il6_ref_pg_ml=300.0).il6_ref_pg_ml == 300.0
+    with pytest.raises(ValueError, match="no grading references for model 'costim'"):
+        GradingModel.for_model("costim", THRESHOLDS, il6_ref_pg_ml=300.0)
+    given = dict(zip(REFERENCE_FIELDS, (300.0, 1e9, 1e9)))
+    assert _references(GradingModel.for_model("costim", THRESHOLDS, **given)) == given
+
+
+def test_cart2_references_are_its_fixed_arm_medians(frame):
+    """The cart2 references are the medians of its default cohort's fixed arm
+    (1e8 cells; measured on 100,000 patients: 438.5 pg/mL, 1.05e10 and 9.96e10
+    cells): on this independent 1,600-patient cohort each median lies within
+    a factor 10^0.1 = 1.26 of its reference (cart's 250 pg/mL and 1e10 cells of
+    tumour would not)."""
+    references = REFERENCES["cart2"]
+    for column, name in zip(LATENT_FEATURES, REFERENCE_FIELDS):
+        ratio = np.median(frame[column]) / references[name]
+        assert abs(np.log10(ratio)) < 0.1, (column, ratio)
+    # centred: the noise-free latent of the median patient is near log10 L_ref
+    z = GradingModel.for_model("cart2", THRESHOLDS, noise_sd=0.0).latent(frame)
+    assert abs(np.median(z) - np.log10(references["il6_ref_pg_ml"])) < 0.1
 
 
 def test_ols_recovers_planted_coefficients_of_noise_free_latent(frame):
@@ -397,6 +455,9 @@ def test_fit_score_decide_on_a_run(run_dir, tmp_path):
 
     model = RiskModel.load(paths["model"])
     assert model.arm == "fixed" and model.grading.seed == 3 and model.assay_sd == 0.1
+    # the grading references of the run's model, read from its scenario
+    assert model.run_model == "cart2" and _references(model.grading) == REFERENCES["cart2"]
+    assert "(references of the `cart2` model) z = log10 440 " in paths["summary"].read_text()
     frame = risk_frame(open_patients(run_dir, SOURCE_COLUMNS))[0]
     assert model.training["n"] == int((~model.is_test(frame)).sum())
 
@@ -415,6 +476,21 @@ def test_fit_score_decide_on_a_run(run_dir, tmp_path):
         if row["policy"].endswith("> tau"):
             assert row["vs_treat_all_upper"] >= 0 and row["vs_treat_none_upper"] >= 0
     assert "tau = H / (H + B) = 0.2000" in decided["summary"].read_text()
+
+    # a model fitted on another model's run is refused (its grades would use
+    # the wrong references); a file saved before run_model was recorded is not
+    data = json.loads(paths["model"].read_text())
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**data, "run_model": "cart"}))
+    for command in (risk_score, risk_decide):
+        with pytest.raises(ValueError, match="fitted on a 'cart' run .* of 'cart2'"):
+            command(run_dir, other, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({k: v for k, v in data.items() if k != "run_model"}))
+    assert RiskModel.load(old).run_model is None
+    again = risk_decide(run_dir, old, tmp_path / "old")
+    assert json.loads(again["decision"].read_text()) == decision
 
 
 def test_bad_model_file_is_one_line_error(tmp_path):
@@ -435,3 +511,22 @@ def test_report_section(run_dir, tmp_path):
     assert section(patients.drop(columns="il6_d1_pg_ml"), scenario, tmp_path) is None
     few = section(patients.head(8), scenario, tmp_path / "few")
     assert few.markdown.startswith("No risk model for this run:") and few.files == {}
+    saved = RiskModel.load(found.files["risk_fit_model"])
+    assert saved.run_model == "cart2" and _references(saved.grading) == REFERENCES["cart2"]
+
+
+def test_report_section_uses_the_run_models_references(run_dir, tmp_path):
+    """The section grades with the references of the scenario's model: cart's
+    for a cart scenario (the same patients here, so only the references
+    differ), none for a model without references."""
+    from pipeline.sections.risk import section
+    scenario = load_scenario(run_dir / "config.toml")
+    patients = open_patients(run_dir)
+    cart = section(patients, dataclasses.replace(scenario, model="cart"), tmp_path / "cart")
+    saved = RiskModel.load(cart.files["risk_fit_model"])
+    assert saved.run_model == "cart" and _references(saved.grading) == REFERENCES["cart"]
+    assert "(references of the `cart` model) z = log10 250 " in cart.markdown
+    cart2 = RiskModel.load(section(patients, scenario, tmp_path / "cart2").files["risk_fit_model"])
+    assert saved.training["severe"] != cart2.training["severe"]     # the grades differ
+    assert section(patients, dataclasses.replace(scenario, model="predator_prey"),
+                   tmp_path / "pp") is None

@@ -14,6 +14,12 @@
 
 Each returns {file key: path} of what it wrote. :func:`fit_files` and
 :func:`decide_files` do the same from a patients DataFrame (the report section).
+
+The grading model's references are those of the run's model, read from the
+run's scenario (``RUN/config.toml``) as the report section reads it; a saved
+model records the model of the run it was fitted on (``run_model``), and
+:func:`risk_score` and :func:`risk_decide` refuse a run of another model (its
+grades would be on the wrong references).
 """
 import json
 from dataclasses import asdict
@@ -41,16 +47,30 @@ SPLITS = ("test", "all")
 THRESHOLDS = np.round(np.arange(0.01, 0.81, 0.01), 2)   # decision-curve grid
 
 
-def outcome_rules(run_dir):
-    """(IL-6 thresholds in pg/mL, severe grade) from the run's ``config.toml``."""
+def run_scenario(run_dir):
+    """The run's scenario from its ``config.toml`` (ValueError when unreadable)."""
     from pipeline.config import ConfigError, scenario_from_text
     path = Path(run_dir) / "config.toml"
     try:
-        scenario = scenario_from_text(path.read_text(encoding="utf-8"), source=str(path))
-    except (OSError, UnicodeDecodeError, ConfigError) as exc:
+        return scenario_from_text(path.read_text(encoding="utf-8"), source=str(path))
+    except (OSError, UnicodeDecodeError, ConfigError, KeyError) as exc:
         raise ValueError(f"{path}: cannot read the run's scenario: {exc}") from None
+
+
+def outcome_rules(run_dir):
+    """(IL-6 thresholds in pg/mL, severe grade, model) from the run's ``config.toml``."""
+    scenario = run_scenario(run_dir)
     rules = scenario.outcomes
-    return tuple(rules.crs_il6_thresholds_pg_ml), int(rules.severe_crs_grade)
+    return (tuple(rules.crs_il6_thresholds_pg_ml), int(rules.severe_crs_grade),
+            str(scenario.model))
+
+
+def check_run_model(model, run_model):
+    """ValueError unless a :class:`RiskModel` fitted on a run of ``model.run_model``
+    applies to a run of ``run_model`` (old files without a run model: any)."""
+    if model.run_model is not None and model.run_model != run_model:
+        raise ValueError(f"the risk model was fitted on a {model.run_model!r} run and grades "
+                         f"with that model's references; this run is of {run_model!r}")
 
 
 def evaluate(scored, confidence=CONFIDENCE):
@@ -122,7 +142,8 @@ def _fit_markdown(model, metrics, excluded):
         f"patients (split seed {model.seed}, test fraction {model.test_fraction}); "
         f"{excluded:,} left out (failed integration or non-positive features).",
         "",
-        f"Observed grades from the grading model z = log10 {g.il6_ref_pg_ml:g} + {g.il6:g} "
+        f"Observed grades from the grading model (references of the `{model.run_model}` "
+        f"model) z = log10 {g.il6_ref_pg_ml:g} + {g.il6:g} "
         f"log10(L_max / {g.il6_ref_pg_ml:g}) + {g.expansion:g} "
         f"log10(C_max / {_g(g.expansion_ref_cells)} cells) + {g.tumour:g} "
         f"log10(T0 / {_g(g.tumour_ref_cells)} cells) + {g.noise_sd:g} eps ({g.noise}), cut at "
@@ -143,22 +164,23 @@ def _fit_markdown(model, metrics, excluded):
 
 
 def risk_fit(run_dir, out_dir, options=DEFAULT_OPTIONS, confidence=CONFIDENCE):
-    """Fit the risk model on a run and evaluate it on its test patients."""
-    thresholds, severe_grade = outcome_rules(run_dir)
+    """Fit the risk model on a run and evaluate it on its test patients, with
+    the grading references of the run's model."""
+    thresholds, severe_grade, model = outcome_rules(run_dir)
     return fit_files(open_patients(run_dir, SOURCE_COLUMNS), thresholds, severe_grade, out_dir,
-                     options, confidence)
+                     options, confidence, model=model)
 
 
 def fit_files(patients, thresholds, severe_grade, out_dir, options=DEFAULT_OPTIONS,
-              confidence=CONFIDENCE):
+              confidence=CONFIDENCE, *, model):
     """:func:`risk_fit` on a patients DataFrame, with the scenario's IL-6
-    thresholds (pg/mL) and severe grade."""
+    thresholds (pg/mL), severe grade and model (its name, e.g. "cart2")."""
     paths = _paths(out_dir, {"model": "risk_model.json", "metrics": "risk_metrics.json",
                              "calibration": "risk_calibration.csv", "summary": "risk_fit.md",
                              "score_by_grade": "risk_score_by_grade.png",
                              "roc": "risk_roc.png", "calibration_plot": "risk_calibration.png"})
     frame, excluded = risk_frame(patients, options.arm)
-    model = fit(frame, thresholds, severe_grade, options)
+    model = fit(frame, thresholds, severe_grade, options, model=model)
     scored = model.apply(frame)
     test = scored[scored["test"]]
     metrics, tables = evaluate(test, confidence)
@@ -176,10 +198,12 @@ def risk_score(run_dir, model_path, out_dir, split="test", confidence=CONFIDENCE
     """Score every arm of a run with a saved model; metrics per arm on the
     ``split`` patients ("test": held out by the model's split; "all": every
     patient, for a run the model was not fitted on)."""
-    paths = _paths(out_dir, {"scores": "risk_scores.parquet",
-                             "metrics": "risk_score_metrics.csv"})
     model = RiskModel.load(model_path)
     _check_split(split)
+    if model.run_model is not None:
+        check_run_model(model, run_scenario(run_dir).model)
+    paths = _paths(out_dir, {"scores": "risk_scores.parquet",
+                             "metrics": "risk_score_metrics.csv"})
     patients = open_patients(run_dir, SOURCE_COLUMNS)
     scored = pd.concat([model.apply(risk_frame(patients, arm)[0])
                         for arm in dict.fromkeys(patients["arm"])], ignore_index=True)
@@ -210,9 +234,9 @@ def _decide_markdown(utilities, table, n, split):
         "",
         f"Expected utility per patient on {n:,} patients ({split} split; 95% CI; "
         f"differences paired, same patients). p_score uses the peak IL-6 and the CAR T "
-        f"peak, known only once they are past (median IL-6 peak near day 10 in the default "
-        f"scenario): the best the biology allows. p_early uses IL-6 and CAR T on days 1-3: "
-        f"a rule a clinician can apply on day 3.",
+        f"peak, known only once they are past (median IL-6 peak at day 6.4 in the default "
+        f"`cart2` scenario's fixed arm): the best the biology allows. p_early uses IL-6 "
+        f"and CAR T on days 1-3: a rule a clinician can apply on day 3.",
         "",
         md_table(["policy", "treated", "expected utility", "vs treat all", "vs treat none"],
                  rows),
@@ -223,8 +247,11 @@ def risk_decide(run_dir, model_path, out_dir, utilities=DEFAULT_UTILITIES, arm=N
                 confidence=CONFIDENCE):
     """tau from the utilities, the policies' expected utilities and the decision
     curve on the ``split`` patients of ``arm`` (default: the model's arm)."""
-    return decide_files(open_patients(run_dir, SOURCE_COLUMNS), RiskModel.load(model_path),
-                        out_dir, utilities, arm, split, confidence)
+    model = RiskModel.load(model_path)
+    if model.run_model is not None:
+        check_run_model(model, run_scenario(run_dir).model)
+    return decide_files(open_patients(run_dir, SOURCE_COLUMNS), model, out_dir, utilities, arm,
+                        split, confidence)
 
 
 def decide_files(patients, model, out_dir, utilities=DEFAULT_UTILITIES, arm=None, split="test",

@@ -22,26 +22,45 @@ Default values (assumptions, stated; none is a fitted clinical estimate):
 * cut points c_k = log10 of the scenario's ``crs_il6_thresholds_pg_ml``
   (default scenario: 100, 500, 1500, 5000 pg/mL): with a_il6 = 1 and
   a_exp = a_tum = sd = 0 the model reproduces the run's proxy grade exactly;
-* ``a_il6 = 0.7`` around ``L_ref = 250`` pg/mL (the default scenario's median
-  peak IL-6, fixed arm, 20,000 patients: 255 pg/mL): IL-6 carries most, not
-  all, of the grade (Teachey et al. 2016);
+* ``a_il6 = 0.7`` around ``L_ref``, the model's median peak IL-6 (below): IL-6
+  carries most, not all, of the grade (Teachey et al. 2016, Cancer Discov
+  6:664);
 * ``a_exp = 0.3`` per log10 of the CAR T peak: a 10x larger expansion acts like
-  a 2x (10^0.3) higher IL-6 peak (Cmax rises with grade, Mueller et al. 2018);
-  ``C_ref = 1e10`` cells: the model's typical expansion, about 100x the 1e8-cell
-  reference dose (kernels/models/cart.py; median 1.1e10 in the default
-  scenario's fixed arm). The absolute peak, not the fold over the dose: a
-  dose-adapted arm's low doses would otherwise read as high expansion;
-* ``a_tum = 0.2`` per log10 cells, ``T_ref = 1e10`` cells (the default cohort's
-  median burden, configs/default.toml): a direct effect of tumour burden beyond
-  what it does to IL-6 in the model (high burden is a clinical CRS risk factor;
-  the size is an assumption);
+  a 2x (10^0.3) higher IL-6 peak (Cmax rises with grade, Mueller et al. 2018,
+  Clin Cancer Res), around ``C_ref``, the model's typical expansion. The
+  absolute peak, not the fold over the dose: a dose-adapted arm's low doses
+  would otherwise read as high expansion;
+* ``a_tum = 0.2`` per log10 cells around ``T_ref``, the cohort's median burden:
+  a direct effect of tumour burden beyond what it does to IL-6 in the model
+  (high burden is a clinical CRS risk factor; the size is an assumption);
 * ``sd = 0.3`` log10 units: symptoms vary at a given IL-6 peak by a factor of
   about 2 (10^0.3) either way, one sd (assumption).
 
-With these, the default scenario's fixed arm (20,000 patients) has grades 0-4 in
-32.0, 30.8, 18.0, 12.2 and 6.9% (grade >= 3: 19.1%, in the trials' 10-25% band;
-any CRS 68%, Hay et al. 2017: 70%; grade 4: 6.9%, Hay 2017 grade 4-5: 7.6%;
-science/REFERENCES.md), against 31.4, 32.8, 19.2, 11.7 and 4.9% for the proxy.
+The references centre z on the typical patient of the model's default scenario,
+whose scales differ between models, so they are set per model
+(:data:`REFERENCES`, used by :meth:`GradingModel.for_model`; the report section
+and ``cartcohort risk fit`` take the run's model from its scenario). Each is the
+median over the default scenario's fixed arm (1e8 cells), rounded:
+
+* ``cart2`` (the reference model; configs/default.toml: tumour median 1e11
+  cells, sd of log 1.2; measured by running that scenario with its fixed arm
+  only, 100,000 patients, seed 20240601, the patients of its fixed arm): peak
+  IL-6 median 438.5 pg/mL -> ``L_ref = 440``;
+  ``cart_peak_cells`` median 1.05e10 cells (105x the dose) -> ``C_ref = 1e10``;
+  tumour at infusion median 9.96e10 cells -> ``T_ref = 1e11``. With these, the
+  fixed arm of ``cartcohort run configs/default.toml --patients 20000`` has
+  grades 0-4 in 12.9, 41.2, 28.6, 14.7 and 2.7% (grade >= 3: 17.4%, in the
+  trials' 10-25% band: ZUMA-1 13%, Neelapu et al. 2017, NEJM 377:2531; JULIET
+  22%, Schuster et al. 2019, NEJM 380:45; any CRS 87%, between JULIET's 58% and
+  ZUMA-1's 93%, above Hay et al. 2017's 70%, Blood 130:2295; grade 4: 2.7%,
+  below Hay 2017's 7.6% for grade 4-5), against 11.4, 42.8, 32.3, 12.4 and 1.2%
+  for the proxy (grade >= 3: 13.6%).
+* ``cart`` (superseded, kept so that its runs reproduce; its default scenario
+  had tumour median 1e10 cells, sd of log 1.4; fixed arm, 20,000 patients):
+  peak IL-6 median 255 pg/mL -> ``L_ref = 250``; CAR T peak median 1.1e10
+  cells -> ``C_ref = 1e10``; ``T_ref = 1e10``. Its fixed arm had grades 0-4 in
+  32.0, 30.8, 18.0, 12.2 and 6.9% (grade >= 3: 19.1%; any CRS 68%; grade 4:
+  6.9%), against 31.4, 32.8, 19.2, 11.7 and 4.9% for the proxy.
 
 The score of :mod:`pipeline.risk.score` uses L_max and A_C = C_max / dose only,
 on a linear or log scale, never T0 nor the noise: fitting it is a real
@@ -65,6 +84,15 @@ from pipeline.risk.features import GRADING_STREAM, hash_uniform
 NOISES = ("normal", "logistic")
 LATENT_FEATURES = ("L_max", "C_max", "T0")      # risk-frame columns z depends on
 DEFAULT_THRESHOLDS_PG_ML = (100.0, 500.0, 1500.0, 5000.0)   # configs/default.toml
+# {model: GradingModel reference values}: each model's median peak IL-6 (pg/mL),
+# CAR T peak (cells) and tumour at infusion (cells) in its default scenario's
+# fixed arm (module docstring). The only place they are set.
+REFERENCES = {
+    "cart2": {"il6_ref_pg_ml": 440.0, "expansion_ref_cells": 1e10, "tumour_ref_cells": 1e11},
+    "cart": {"il6_ref_pg_ml": 250.0, "expansion_ref_cells": 1e10, "tumour_ref_cells": 1e10},
+}
+REFERENCE_MODEL = "cart2"           # whose references a bare GradingModel() has
+REFERENCE_FIELDS = tuple(REFERENCES[REFERENCE_MODEL])
 
 
 @dataclass(frozen=True)
@@ -74,9 +102,9 @@ class GradingModel:
     il6: float = 0.7
     expansion: float = 0.3
     tumour: float = 0.2
-    il6_ref_pg_ml: float = 250.0
-    expansion_ref_cells: float = 1e10
-    tumour_ref_cells: float = 1e10
+    il6_ref_pg_ml: float = REFERENCES[REFERENCE_MODEL]["il6_ref_pg_ml"]
+    expansion_ref_cells: float = REFERENCES[REFERENCE_MODEL]["expansion_ref_cells"]
+    tumour_ref_cells: float = REFERENCES[REFERENCE_MODEL]["tumour_ref_cells"]
     cuts: tuple = tuple(float(np.log10(t)) for t in DEFAULT_THRESHOLDS_PG_ML)
     noise_sd: float = 0.3
     noise: str = "normal"
@@ -102,6 +130,17 @@ class GradingModel:
         if unknown:
             raise ValueError(f"unknown grading model values {unknown}; known: {sorted(known)}")
         return cls(cuts=tuple(float(np.log10(t)) for t in thresholds_pg_ml), **values)
+
+    @classmethod
+    def for_model(cls, model, thresholds_pg_ml, **values):
+        """:meth:`for_thresholds` with the references of a run's ``model``
+        (:data:`REFERENCES`); ``values`` override them. A model without
+        references needs all three in ``values``."""
+        missing = [name for name in REFERENCE_FIELDS if name not in values]
+        if model not in REFERENCES and missing:
+            raise ValueError(f"no grading references for model {model!r} (models with "
+                             f"references: {', '.join(REFERENCES)}); give {missing}")
+        return cls.for_thresholds(thresholds_pg_ml, **{**REFERENCES.get(model, {}), **values})
 
     def to_dict(self):
         return {**asdict(self), "cuts": list(self.cuts)}

@@ -4,7 +4,8 @@ probabilities of severe CRS, saved as one JSON file and applied to any run.
 Fitting (:func:`fit`) on the training patients of one arm (see
 :mod:`pipeline.risk.features` for the split):
 
-1. observed grades from the grading model (:mod:`pipeline.risk.grading`);
+1. observed grades from the grading model (:mod:`pipeline.risk.grading`), with
+   the references of the run's model (``run_model``, saved with the fit);
 2. the OLS scores R on linear and on log features (:mod:`pipeline.risk.score`);
 3. ``p_score``: logistic calibration of one of them (``calibrated_score``, the
    log score by default) against severe CRS (grade >= ``severe_grade``);
@@ -14,8 +15,9 @@ Fitting (:func:`fit`) on the training patients of one arm (see
    early enough to act on.
 
 The peak IL-6 and the CAR T peak that R uses come days after infusion (median
-IL-6 peak at day 10 in the default scenario), so ``p_score`` is what the
-biology allows at best, ``p_early`` a rule a clinician could apply on day 3.
+IL-6 peak at day 6.4 in the default ``cart2`` scenario's fixed arm, day 10 in
+``cart``'s), so ``p_score`` is what the biology allows at best, ``p_early`` a
+rule a clinician could apply on day 3.
 
 Probability inputs are named ``score:<transform>`` (a fitted score) or
 ``assay:<column>`` (an early column, measured, on the log10 scale).
@@ -60,7 +62,9 @@ DEFAULT_OPTIONS = FitOptions()
 class RiskModel:
     """A fitted model (module docstring): the arm it was fitted on, the split
     (``seed``, ``test_fraction``), severe = grade >= ``severe_grade``, the early
-    assay error, the grading model and the fitted scores and probabilities."""
+    assay error, the grading model and the fitted scores and probabilities;
+    ``run_model``: the simulation model of the run it was fitted on, whose
+    grading references it uses (None in files written before it was saved)."""
 
     arm: str
     seed: int
@@ -71,6 +75,7 @@ class RiskModel:
     scores: dict            # transform -> RiskScore
     probabilities: dict     # "score" / "early" -> LogisticModel
     training: dict          # n, severe events
+    run_model: str = None   # e.g. "cart2"
 
     def is_test(self, frame):
         return is_test(frame["patient_id"].to_numpy(), self.seed, self.test_fraction)
@@ -109,7 +114,7 @@ class RiskModel:
                 "probabilities": {n: {"inputs": list(m.inputs),
                                       "coefficients": list(m.coefficients)}
                                   for n, m in self.probabilities.items()},
-                "training": self.training}
+                "training": self.training, "run_model": self.run_model}
 
     @classmethod
     def from_dict(cls, data):
@@ -122,7 +127,7 @@ class RiskModel:
                    {t: RiskScore(**s) for t, s in data["scores"].items()},
                    {n: LogisticModel(tuple(m["inputs"]), tuple(m["coefficients"]))
                     for n, m in data["probabilities"].items()},
-                   dict(data["training"]))
+                   dict(data["training"]), data.get("run_model"))
 
     def save(self, path):
         with open(path, "w", encoding="utf-8") as f:
@@ -142,17 +147,18 @@ class RiskModel:
             raise ValueError(f"{path}: not a valid risk model: {exc}") from None
 
 
-def fit(frame, thresholds_pg_ml, severe_grade, options=DEFAULT_OPTIONS):
+def fit(frame, thresholds_pg_ml, severe_grade, options=DEFAULT_OPTIONS, *, model):
     """Fit a :class:`RiskModel` on the training patients of a risk frame
     (``pipeline.risk.features.risk_frame``); ``thresholds_pg_ml`` and
-    ``severe_grade`` from the scenario's ``[outcomes]``."""
+    ``severe_grade`` from the scenario's ``[outcomes]``, ``model`` its model
+    (the grading references: :meth:`GradingModel.for_model`)."""
     if options.calibrated_score not in TRANSFORMS:
         raise ValueError(f"calibrated score must be one of {TRANSFORMS}, "
                          f"got {options.calibrated_score!r}")
     if not options.assay_sd >= 0:
         raise ValueError(f"assay sd must be >= 0, got {options.assay_sd}")
-    grading = GradingModel.for_thresholds(thresholds_pg_ml, seed=options.seed,
-                                          **options.grading)
+    grading = GradingModel.for_model(model, thresholds_pg_ml, seed=options.seed,
+                                     **options.grading)
     train_mask = ~is_test(frame["patient_id"].to_numpy(), options.seed, options.test_fraction)
     train = frame[train_mask]
     if train.empty:
@@ -162,7 +168,7 @@ def fit(frame, thresholds_pg_ml, severe_grade, options=DEFAULT_OPTIONS):
     scores = {t: RiskScore.fit(train, grade, t, options.expansion) for t in TRANSFORMS}
     partial = RiskModel(str(train["arm"].iloc[0]), options.seed, options.test_fraction,
                         severe_grade, float(options.assay_sd), grading, scores, {},
-                        {"n": len(train), "severe": int(severe.sum())})
+                        {"n": len(train), "severe": int(severe.sum())}, str(model))
     inputs = {"score": (f"score:{options.calibrated_score}",),
               "early": tuple(f"assay:{c}" for c in EARLY_COLUMNS)}
     probabilities = {}
