@@ -1,4 +1,17 @@
-"""``cart``: the reference CAR T model (DESIGN.md section 3).
+"""``cart``: the first reference CAR T model, superseded by ``cart2``.
+
+Kept under its name so that runs made with it can be repeated and compared
+(every run records its model). Why it was superseded (measured on its own
+default scenario, 100,000 patients): one tumour-scaled saturation,
+stim = T/(Ks + T) with Ks = 1e9 cells, decides both whether CAR T expand and how
+far, and IL-6 is made in proportion to the tumour killed (dI/dt = s kill - c I),
+so total IL-6 tracks the baseline tumour whatever the dose. Hence its answers
+run against the clinic: a higher dose lowers severe CRS (2e7 -> 5e8 cells:
+18.3% -> 15.5%; elasticity of peak IL-6 to dose about -0.05), response rises
+with tumour burden (30% / 89% / 100% by tertile), and debulking destroys
+response (73% -> 1% at x0.01). ``cart2`` (kernels/models/cart2.py) separates
+the expansion trigger, the expansion limit, engagement-limited killing and
+myeloid IL-6; use it for dosing questions.
 
 Time in days, cells in units of 1e9 cells, IL-6 in pg/mL.
 State y = [T, E, M, X, I]: tumour, effector, memory and exhausted CAR T, serum IL-6.

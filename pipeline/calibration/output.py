@@ -94,7 +94,8 @@ def _markdown(result, targets, parameters):
             f"optimiser: {result.message}", "",
             "## Targets", "",
             md_table(["target", "value", "sd", "achieved", "residual", "source"],
-                     [(r.target, f"{r.value:.4g}", f"{r.sd:.3g}{' (ln)' if r.scale == 'log' else ''}",
+                     [(r.target, f"{r.value:.4g}",
+                       f"{r.sd:.3g}{' (ln)' if r.scale == 'log' else ''}",
                        f"{r.achieved:.4g}", f"{r.residual:+.2f}", r.source)
                       for r in targets.itertuples()]),
             "", "## Parameters", "",
@@ -103,9 +104,9 @@ def _markdown(result, targets, parameters):
                      [(r.parameter, r.role, f"{r.start:.4g}", f"{r.value:.4g}",
                        f"{r.sensitivity:.3g}",
                        "" if np.isnan(r.se_log) else f"{r.se_log:.3g}",
-                       "" if r.most_correlated is None else
+                       "" if pd.isna(r.most_correlated) else
                        f"{r.most_correlated} ({r.correlation:+.2f})",
-                       "" if r.identified is None else ("yes" if r.identified else "NO"))
+                       "" if pd.isna(r.identified) else ("yes" if r.identified else "NO"))
                       for r in parameters.itertuples()]),
             "",
             f"Identified: SE of ln(typical) <= {IDENTIFIED_SE:.2f} (within a factor "
@@ -117,7 +118,8 @@ def _markdown(result, targets, parameters):
             "matrix): each combination of ln(typical values) below is known to about "
             "1 / S on the ln scale; components under 0.2 are left out.", "",
             md_table(["S", "1 / S", "combination of ln(typical)"],
-                     [(f"{s:.3g}", f"{1 / s:.2g}" if s > 0 else "inf", _combination(v, result.spec.fit))
+                     [(f"{s:.3g}", f"{1 / s:.2g}" if s > 0 else "inf",
+                       _combination(v, result.spec.fit))
                       for s, v in zip(result.singular_values, result.combinations.T)]),
             ""]
     return "\n".join(text)
