@@ -12,11 +12,16 @@
     cartcohort report RUN             write a run's report (tables, Markdown, plots)
     cartcohort query RUN "SQL"        run SQL over a run's results (views patients,
                                       trajectories)
+    cartcohort verify RUN             check every file of a run against its manifest
+    cartcohort repair RUN [--patients N] [--shard-size N] [--seed S]
+                                      rebuild a lost or damaged manifest
     cartcohort calibrate TARGETS.toml --out DIR [--patients N] [--perturb F]
                                       fit typical values to published summary statistics
 
 Results go to stdout, progress and timing to stderr. A usage or input error is
-one line on stderr and exit status 2.
+one line on stderr and exit status 2. ``report`` and ``query`` first check the
+run against its manifest (pipeline.store.check_run) and refuse, in one line
+naming the file, a run that does not match it.
 """
 import argparse
 import inspect
@@ -54,8 +59,8 @@ _seed = _integer_at_least(0, "non-negative integer")
 
 
 def build_parser():
-    from pipeline.demo import DEFAULT_SEED
-
+    # no import of pipeline.demo (nor kernels) here: the model library takes seconds
+    # to load, and commands such as verify and query never need it
     parser = _Parser(prog="cartcohort",
                      description="Virtual-cohort simulation of CAR T cell therapy.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -74,8 +79,8 @@ def build_parser():
                     "and timing go to stderr.")
     demo.add_argument("--patients", type=_positive_int, default=10_000, metavar="N",
                       help="number of virtual patients (default: %(default)s)")
-    demo.add_argument("--seed", type=_seed, default=DEFAULT_SEED, metavar="S",
-                      help="random seed of the cohort (default: %(default)s)")
+    demo.add_argument("--seed", type=_seed, default=None, metavar="S",
+                      help="random seed of the cohort (default: pipeline.demo.DEFAULT_SEED)")
     demo.add_argument("--threads", type=_positive_int, default=None, metavar="T",
                       help="Numba threads (default: Numba's default, one per core)")
     demo.set_defaults(handler=cmd_demo)
@@ -163,9 +168,39 @@ def build_parser():
                     "PNG plots (see pipeline/report.py). The verdict per arm against the "
                     "reference and the per-arm table (rates with Wilson 95% intervals, "
                     "paired differences with exact intervals) go to stdout, the paths "
-                    "written to stderr.")
+                    "written to stderr. The run is first checked against its manifest "
+                    "(as `cartcohort verify` does) and refused, in one line naming the file, "
+                    "when it does not match.")
     report.add_argument("run", metavar="RUN", help="run directory (<output.dir>/<scenario>)")
     report.set_defaults(handler=cmd_report)
+
+    verify = commands.add_parser(
+        "verify", help="check every file of a run against its manifest",
+        description="Check RUN against its _manifest.json: the manifest's shape, "
+                    "config.toml, pending shards, every recorded shard file (size, sha256, "
+                    "row count) and files the manifest does not record. Prints one line per "
+                    "problem (the file, what is wrong, what to run) and exits 2, or one "
+                    "line and exit 0 when the run matches its manifest.")
+    verify.add_argument("run", metavar="RUN", help="run directory")
+    verify.set_defaults(handler=cmd_verify)
+
+    repair = commands.add_parser(
+        "repair", help="rebuild a lost or damaged manifest from the shard files",
+        description="Rebuild RUN/_manifest.json from RUN/config.toml and the shard files "
+                    "that read back whole (Parquet page checksums, the scenario's hash in "
+                    "their metadata, the shard's row count), recording their checksums; "
+                    "the other shards become pending (one line each on stderr), and "
+                    "`cartcohort run CONFIG --resume --out RUN` computes them. Give the "
+                    "run's --patients/--shard-size/--seed only when neither the files nor "
+                    "the old manifest record them.")
+    repair.add_argument("run", metavar="RUN", help="run directory")
+    repair.add_argument("--patients", type=_positive_int, default=None, metavar="N",
+                        help="the run's --patients override")
+    repair.add_argument("--shard-size", type=_positive_int, default=None, metavar="N",
+                        help="the run's --shard-size override")
+    repair.add_argument("--seed", type=_seed, default=None, metavar="S",
+                        help="the run's --seed override")
+    repair.set_defaults(handler=cmd_repair)
 
     query = commands.add_parser(
         "query", help="run SQL over a run's results",
@@ -173,7 +208,8 @@ def build_parser():
                     "'patients' (one row per patient and arm; the arm column comes from "
                     "the arm=<arm> directories) and, when the run has one, 'trajectories'. "
                     "The result is printed as a text table (or CSV with --csv); the row "
-                    "count goes to stderr.")
+                    "count goes to stderr. The run is first checked against its manifest "
+                    "and refused, in one line naming the file, when it does not match.")
     query.add_argument("run", metavar="RUN", help="run directory (<output.dir>/<scenario>)")
     query.add_argument("sql", metavar="SQL",
                        help="the statement, e.g. \"SELECT arm, avg(responded::INT) "
@@ -280,7 +316,8 @@ def _add_risk(commands):
     risk = commands.add_parser(
         "risk", help="CRS risk score and prophylaxis decisions from a run",
         description="From a run's simulated patients: observed CRS grades from a stated "
-                    "noisy grading model (pipeline/risk/grading.py), an OLS risk score on "
+                    "noisy grading model (pipeline/risk/grading.py; its references are "
+                    "those of the run's model, from RUN/config.toml), an OLS risk score on "
                     "peak IL-6 and CAR T expansion, calibrated probabilities of severe CRS "
                     "(from the score and from day 1-3 features), and the expected-utility "
                     "decision to give prophylaxis (pipeline/risk).")
@@ -392,6 +429,8 @@ def cmd_demo(args, out):
                          "(NUMBA_NUM_THREADS) on this machine")
     err = sys.stderr
     n = args.patients
+    if args.seed is None:
+        args.seed = demo.DEFAULT_SEED
     threads = args.threads if args.threads is not None else numba.get_num_threads()
 
     begin = time.perf_counter()
@@ -455,21 +494,41 @@ def cmd_validate(args, out):
 
 
 def cmd_run(args, out):
-    from pipeline import clusters
-    from pipeline.config import load_scenario, with_overrides
-    from pipeline.runner import run
+    from pipeline.layout import LOCK, MANIFEST
+    from pipeline.manifest import read_manifest
+    from pipeline.runlock import RunLock
+    from pipeline.store import lock_for_run
 
-    scenario = with_overrides(load_scenario(args.config), patients=args.patients,
-                              shard_size=args.shard_size, seed=args.seed)
-    print(f"running {scenario.name}: {scenario.patients:,} patients x {len(scenario.arms)} "
-          f"arms in {scenario.n_shards} shard(s)", file=sys.stderr)
-    with clusters.client_for(args.cluster, scenario, args) as client:
-        run_dir = run(scenario, args.out, client=client, workers=args.workers,
-                      resume=args.resume)
+    # a directory cartcohort has locked before is locked first, before the seconds
+    # the model library takes to load: a run still writing there is named at once
+    early = (RunLock(args.out).acquire()
+             if args.out is not None and (Path(args.out) / LOCK).exists() else None)
+    try:
+        if args.out is not None and args.resume and (Path(args.out) / MANIFEST).exists():
+            read_manifest(args.out)         # a damaged one is named at once, too
+        from pipeline import clusters
+        from pipeline.config import load_scenario, with_overrides
+        from pipeline.runner import run
+
+        scenario = with_overrides(load_scenario(args.config), patients=args.patients,
+                                  shard_size=args.shard_size, seed=args.seed)
+        run_dir = Path(args.out or scenario.run_dir)
+        # the directory and its lock before the cluster: a refused run starts none
+        with lock_for_run(run_dir, scenario, args.resume, lock=early) as lock:
+            print(f"running {scenario.name}: {scenario.patients:,} patients x "
+                  f"{len(scenario.arms)} arms in {scenario.n_shards} shard(s)",
+                  file=sys.stderr)
+            with clusters.client_for(args.cluster, scenario, args) as client:
+                run_dir = run(scenario, run_dir, client=client, workers=args.workers,
+                              resume=args.resume, lock=lock)
+    finally:
+        if early is not None:
+            early.release()
     print(f"dataset: {run_dir / 'patients'}", file=sys.stderr)
     if args.no_report:
         return 0
     args.run = run_dir
+    args.verified = True        # its kept files were verified, the others just written
     return cmd_report(args, out)
 
 
@@ -489,10 +548,15 @@ def cmd_finalize(args, out):
     from pipeline.config import load_scenario
 
     args.run = batch.finalize(load_scenario(args.config), args.out)
+    args.verified = True        # finalize read every file back and recorded its checksum
     return cmd_report(args, out)
 
 
 def cmd_report(args, out):
+    from pipeline import store
+
+    if not getattr(args, "verified", False):
+        store.check_run(args.run)      # before importing the report (and the models)
     from pipeline.report import build_report, console_summary
 
     try:
@@ -619,9 +683,49 @@ def _cell(value):
     return str(value)
 
 
+def cmd_verify(args, out):
+    from pipeline import store
+    from pipeline.manifest import read_manifest
+
+    started = time.perf_counter()
+    problems = store.verify(args.run)
+    seconds = time.perf_counter() - started
+    if problems:
+        print("\n".join(problems), file=out)
+        print(f"{args.run}: {len(problems)} problem(s) ({seconds:.2f} s)", file=sys.stderr)
+        return 2
+    manifest = read_manifest(args.run)
+    files = sum(len(records) for records in manifest["files"].values())
+    print(f"{args.run}: ok: {len(manifest['shards'])} shard(s) done, {files} file(s) match "
+          f"the manifest (size, sha256, rows) ({seconds:.2f} s)", file=out)
+    return 0
+
+
+def cmd_repair(args, out):
+    from pipeline import store
+    from pipeline.layout import CONFIG, MANIFEST
+    from pipeline.manifest import read_manifest, resume_command
+
+    given = {key: value for key, value in (("patients", args.patients),
+                                            ("shard_size", args.shard_size),
+                                            ("seed", args.seed)) if value is not None}
+    scenario, kept = store.repair(args.run, given or None)
+    run_dir = Path(args.run)
+    line = (f"{run_dir / MANIFEST}: rebuilt from {CONFIG} and the shard files: "
+            f"{len(kept)} of {scenario.n_shards} shard(s) verified and recorded")
+    pending = scenario.n_shards - len(kept)
+    if pending:
+        line += (f"; {pending} pending: run "
+                 f"{resume_command(run_dir, read_manifest(run_dir))} to compute them")
+    print(line, file=out)
+    return 0
+
+
 def cmd_query(args, out):
+    from pipeline import store
     from pipeline.query import query
 
+    store.check_run(args.run)
     try:
         result = query(args.run, args.sql)
     except OSError as exc:

@@ -135,7 +135,6 @@ Keys (``required`` or the default; units are in the key names)
     job_extra        array of str, default []; extra ``#SBATCH`` directives, e.g.
                      ["--qos=normal"]
 """
-import hashlib
 import json
 import math
 import re
@@ -152,6 +151,7 @@ except ModuleNotFoundError:           # Python 3.10
 from kernels.models import MODELS, get_model
 from pipeline import policies
 from pipeline.cohort import CohortSpec, Covariate, CovariateEffect, ParameterDistribution
+from pipeline.digest import scenario_digest
 from pipeline.outcomes import RESPONSES
 
 POLICIES = tuple(policies.POLICIES)
@@ -711,13 +711,7 @@ def _report(src, table, arms):
     return Report(Waterfall(**waterfall))
 
 
-def _digest(text, overrides):
-    """sha256 of the text, followed by the overrides as canonical JSON if any."""
-    data = text.encode("utf-8")
-    if overrides:
-        data += b"\n" + json.dumps(dict(overrides), sort_keys=True,
-                                   separators=(",", ":")).encode("utf-8")
-    return hashlib.sha256(data).hexdigest()
+_digest = scenario_digest     # sha256 of the text, then the overrides as canonical JSON
 
 
 # -- the API ------------------------------------------------------------------

@@ -19,14 +19,16 @@ from the directory names. Here:
 
 Only files named ``part-*.parquet`` count, so a file still being written under a
 temporary name is never read. Problems (no run directory, no patients dataset,
-bad SQL) raise :class:`ValueError` with a one-line message.
+bad SQL) raise :class:`ValueError` with a one-line message. These functions read
+the files as they are; ``cartcohort query`` and ``cartcohort report`` first check
+the run against its manifest (:func:`pipeline.store.check_run`).
 """
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline import store
+from pipeline.layout import CONFIG, MANIFEST
+from pipeline.manifest import parse_manifest
 
 PATIENTS = "patients"
 TRAJECTORIES = "trajectories"
@@ -51,17 +53,18 @@ def _require_patients(run):
 
 
 def read_manifest(run_dir):
-    """The run's ``_manifest.json`` as a dict; ``{}`` when the run has none."""
-    path = _run_path(run_dir) / store.MANIFEST
+    """The run's ``_manifest.json`` as a dict; ``{}`` when the run has none. The
+    keys present are checked for type (pipeline.manifest.manifest_problem); a
+    damaged manifest raises ValueError, one line suggesting ``cartcohort repair``."""
+    run = _run_path(run_dir)
+    path = run / MANIFEST
     if not path.is_file():
         return {}
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read the manifest: {exc}") from None
-    if not isinstance(manifest, dict):
-        raise ValueError(f"{path}: the manifest is not a JSON object")
-    return manifest
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the manifest: {exc.strerror or exc}") from None
+    return parse_manifest(raw, run, complete=False)
 
 
 def _config_arms(run):
@@ -71,7 +74,7 @@ def _config_arms(run):
     except ModuleNotFoundError:           # Python 3.10
         import tomli as tomllib
     try:
-        data = tomllib.loads((run / store.CONFIG).read_text(encoding="utf-8"))
+        data = tomllib.loads((run / CONFIG).read_text(encoding="utf-8"))
         return [str(arm["name"]) for arm in data.get("arms", [])]
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
         return []

@@ -74,7 +74,7 @@ def _solve(model, scenario, y0, params, dose, **options):
 
 def run_shard(scenario, shard_index):
     """Integrate every arm of one shard. Returns {arm name: (patients table,
-    trajectories table)} as pyarrow tables (see pipeline.store for the layout)."""
+    trajectories table)} as pyarrow tables (see pipeline.layout for the layout)."""
     model = get_model(scenario.model)
     shard = sample_shard(scenario.cohort, scenario.seed, shard_index, scenario.shard_size,
                          scenario.patients)

@@ -10,10 +10,12 @@ import time
 import pandas as pd
 import pytest
 
-from pipeline import store
 from pipeline.config import load_scenario
+from pipeline.layout import RunDirectoryError
+from pipeline.manifest import read_manifest
 from small_run import SCENARIO, local_reference, patients, write_config
 from pipeline.runner import _shard_task, run
+from pipeline.store import prepare
 
 
 
@@ -35,7 +37,7 @@ def test_one_and_two_workers_and_any_order_give_identical_data(config, reference
     one = tmp_path / "one_worker"
     run(scenario, one, workers=1)
     reverse = tmp_path / "reverse"
-    store.prepare(reverse, scenario, resume=False)
+    prepare(reverse, scenario, resume=False)
     for shard in reversed(range(scenario.n_shards)):
         _shard_task(scenario, str(reverse), shard)
     assert len(reference) == 2 * 600
@@ -65,7 +67,7 @@ def test_killed_run_resumes_to_the_same_data(config, reference, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert not list(run_dir.rglob("*.tmp"))
     pd.testing.assert_frame_equal(patients(run_dir), reference)
-    manifest = store.read_manifest(run_dir)
+    manifest = read_manifest(run_dir)
     assert set(manifest["shards"].values()) == {"done"}
 
 
@@ -73,13 +75,13 @@ def test_resume_refuses_a_changed_config_and_a_rerun_needs_resume(config, tmp_pa
     """A second run into the same directory needs --resume; a changed config is refused."""
     scenario = load_scenario(config)
     run_dir = tmp_path / "run"
-    store.prepare(run_dir, scenario, resume=False)
-    with pytest.raises(store.RunDirectoryError, match="--resume"):
-        store.prepare(run_dir, scenario, resume=False)
+    prepare(run_dir, scenario, resume=False)
+    with pytest.raises(RunDirectoryError, match="--resume"):
+        prepare(run_dir, scenario, resume=False)
     changed = config.parent / "changed.toml"
     changed.write_text(SCENARIO.replace("seed = 7", "seed = 8"))
-    with pytest.raises(store.RunDirectoryError, match="another configuration"):
-        store.prepare(run_dir, load_scenario(changed), resume=True)
+    with pytest.raises(RunDirectoryError, match="another configuration"):
+        prepare(run_dir, load_scenario(changed), resume=True)
 
 
 def test_run_with_a_bad_config_fails_before_writing(tmp_path):

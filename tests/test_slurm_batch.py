@@ -18,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import store
+from pipeline.layout import MANIFEST
+from pipeline.manifest import read_manifest
 from small_run import SCENARIO, local_reference, patients, write_config
 
 pytestmark = pytest.mark.usefixtures("slurm_cluster")   # tests/conftest.py
@@ -98,7 +99,7 @@ def test_cohort_sbatch_gives_the_local_data(config, job_env, reference, tmp_path
     text = log.read_text()
     assert "worker(s) connected" in text and "exited with status 0" in text, text
     pd.testing.assert_frame_equal(patients(out), reference)
-    assert set(store.read_manifest(out)["shards"].values()) == {"done"}
+    assert set(read_manifest(out)["shards"].values()) == {"done"}
     assert (out / "report" / "summary.csv").exists()
     # the scheduler file's folder is gone: the cluster was shut down with the job
     assert not list(out.parent.glob(".cartcohort-dask-*"))
@@ -120,7 +121,7 @@ def test_array_path_gives_the_local_data(config, job_env, reference, tmp_path):
     assert sorted(p.name for p in tmp_path.glob(f"cartcohort-{ids['array']}_*.log")) == \
         [f"cartcohort-{ids['array']}_{i}.log" for i in range(3)]
     pd.testing.assert_frame_equal(patients(out), reference)
-    assert set(store.read_manifest(out)["shards"].values()) == {"done"}
+    assert set(read_manifest(out)["shards"].values()) == {"done"}
 
 
 def test_a_bad_config_fails_the_job(base_env, tmp_path):
@@ -135,5 +136,5 @@ def test_a_bad_config_fails_the_job(base_env, tmp_path):
     errors = [line for line in (tmp_path / f"cartcohort-{job_id}.log").read_text().splitlines()
               if "error" in line]
     assert len(errors) == 1 and "arms[0].dose_cells" in errors[0], errors
-    assert not (out / store.MANIFEST).exists()
+    assert not (out / MANIFEST).exists()
     assert not list(out.rglob("*.parquet")) if out.exists() else True

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import store
 from pipeline.config import load_scenario
+from pipeline.manifest import read_manifest
 from small_run import (SCENARIO, local_reference, patients, wait_for_first_shard,
                        write_config)
 
@@ -92,7 +92,7 @@ def assert_complete(run_dir, config, reference, killed_writer=False):
     pd.testing.assert_frame_equal(patients(run_dir), reference)
     for arm in ("fixed", "adaptive"):
         assert len(list((run_dir / "patients" / f"arm={arm}").glob("*.parquet"))) == n_shards
-    manifest = store.read_manifest(run_dir)
+    manifest = read_manifest(run_dir)
     assert len(manifest["shards"]) == n_shards
     assert set(manifest["shards"].values()) == {"done"}
 

@@ -1,0 +1,338 @@
+"""A run directory that never lies: checksummed shard files, ``cartcohort
+verify``, report and query refusing a run that does not match its manifest,
+``--resume`` recomputing damaged shards, ``cartcohort repair`` of a damaged
+manifest, the run directory's lock and durable commits.
+
+Real files and real ``python -m pipeline.cli`` subprocesses on a small
+scenario (200 patients in 4 shards, two arms). The reference is an
+uninterrupted run made without Dask (pipeline.batch: the same data as a Dask
+run, tests/test_batch.py); every damaged copy of it must come back to exactly
+its data, and to the very same bytes."""
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+
+from pipeline.layout import CONFIG, MANIFEST, write_shard
+from pipeline.manifest import read_manifest, write_manifest
+from pipeline.runlock import RunLock, remove_temporaries
+from pipeline.store import prepare
+from small_run import FIXED_AND_ADAPTIVE_ARMS, write_config
+
+TIMEOUT = 300
+DATASETS = ("patients", "trajectories")
+SCENARIO = """
+[scenario]
+name = "integrity"
+model = "cart"
+seed = 11
+patients = 200
+shard_size = 50
+horizon_days = 365.0
+
+""" + FIXED_AND_ADAPTIVE_ARMS
+
+
+def cartcohort_all(*commands):
+    """Run ``python -m pipeline.cli`` commands at once; their CompletedProcesses."""
+    processes = [subprocess.Popen([sys.executable, "-m", "pipeline.cli", *map(str, command)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for command in commands]
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=TIMEOUT)
+        results.append(subprocess.CompletedProcess(process.args, process.returncode, out, err))
+    return results
+
+
+def cartcohort(*args):
+    return cartcohort_all(args)[0]
+
+
+def dataset(run_dir, name):
+    """A dataset's rows in a canonical order, the arm from the partition."""
+    frame = ds.dataset(run_dir / name, format="parquet", partitioning="hive").to_table()
+    frame = frame.to_pandas()
+    frame["arm"] = frame["arm"].astype(str)
+    keys = ["arm", "patient_id"] + (["t_d"] if "t_d" in frame.columns else [])
+    return frame.sort_values(keys).reset_index(drop=True)
+
+
+def assert_same_data(run_dir, reference):
+    """Both datasets equal, value for value (NaN where NaN), and every shard file
+    the very bytes of the reference's."""
+    for name in DATASETS:
+        got, want = dataset(run_dir, name), dataset(reference, name)
+        assert list(got.columns) == list(want.columns) and got.dtypes.equals(want.dtypes)
+        for column in want.columns:
+            a, b = got[column].to_numpy(), want[column].to_numpy()
+            if a.dtype.kind == "f":
+                assert np.array_equal(a.view(np.uint64), b.view(np.uint64)), column
+            else:
+                assert np.array_equal(a, b), column
+    parts = sorted(p.relative_to(reference) for p in reference.glob("*/arm=*/part-*.parquet"))
+    assert parts == sorted(p.relative_to(run_dir) for p in run_dir.glob("*/arm=*/part-*.parquet"))
+    for part in parts:
+        assert (run_dir / part).read_bytes() == (reference / part).read_bytes(), part
+
+
+def one_line(result):
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    return write_config(tmp_path_factory, SCENARIO)
+
+
+@pytest.fixture(scope="module")
+def reference(config, tmp_path_factory):
+    """An uninterrupted run: every shard computed in this process, then finalized."""
+    from pipeline import batch
+    from pipeline.config import load_scenario
+
+    run_dir = tmp_path_factory.mktemp("runs") / "reference"
+    scenario = load_scenario(config)
+    assert scenario.n_shards == 4
+    batch.run_shards(scenario, run_dir, 0, scenario.n_shards, stream=io.StringIO())
+    batch.finalize(scenario, run_dir)
+    return run_dir
+
+
+def copy_run(reference, tmp_path, name="run"):
+    run_dir = tmp_path / name
+    shutil.copytree(reference, run_dir)
+    return run_dir
+
+
+def test_damaged_shard_files_are_refused_then_recomputed(config, reference, tmp_path):
+    """A byte flipped in one finished shard file, another shard's file cut in
+    half: verify names both (exit 2), report and query refuse in one line naming
+    the file (exit 2), --resume says on stderr which file of which shard failed
+    and why and recomputes just those shards, to the reference's bytes."""
+    run_dir = copy_run(reference, tmp_path)
+    manifest = read_manifest(run_dir)
+    flipped = run_dir / "patients" / "arm=fixed" / "part-00001.parquet"
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    flipped.write_bytes(bytes(data))
+    truncated = run_dir / "trajectories" / "arm=adaptive" / "part-00002.parquet"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    untouched = {p: p.stat().st_mtime_ns for shard in (0, 3)
+                 for p in run_dir.glob(f"*/arm=*/part-{shard:05d}.parquet")}
+
+    verify, report, query = cartcohort_all(("verify", run_dir), ("report", run_dir),
+                                           ("query", run_dir, "SELECT count(*) FROM patients"))
+    assert verify.returncode == 2, verify.stderr
+    lines = verify.stdout.splitlines()
+    assert len(lines) == 2, verify.stdout
+    resume_hint = f"--resume --out {run_dir}"
+    assert lines[0].startswith(f"{flipped}: checksum differs from the manifest")
+    assert lines[1].startswith(f"{truncated}: size differs from the manifest")
+    assert all(resume_hint in line for line in lines)
+    for command, result in (("report", report), ("query", query)):
+        assert result.returncode == 2 and result.stdout == ""
+        assert one_line(result).startswith(
+            f"cartcohort {command}: error: {flipped}: checksum differs from the manifest")
+        assert resume_hint in result.stderr
+    assert not (run_dir / "report").exists()
+
+    resumed = cartcohort("run", config, "--out", run_dir, "--resume", "--workers", "1",
+                         "--no-report")
+    assert resumed.returncode == 0, resumed.stderr
+    said = resumed.stderr.splitlines()
+    assert [line for line in said if line.startswith("shard 1:")] == [
+        f"shard 1: {flipped}: " + lines[0][len(f"{flipped}: "):].split(";")[0]
+        + "; recomputing it"]
+    shard2 = [line for line in said if line.startswith("shard 2:")]
+    assert len(shard2) == 1 and shard2[0].startswith(f"shard 2: {truncated}: size differs")
+    assert "resuming: 2/4 shards already done" in resumed.stderr
+    # only the two damaged shards were recomputed (all their files)
+    assert {p: p.stat().st_mtime_ns for p in untouched} == untouched
+    again = cartcohort("verify", run_dir)
+    assert again.returncode == 0, again.stdout
+    assert read_manifest(run_dir)["files"] == manifest["files"]
+    assert_same_data(run_dir, reference)
+
+
+def _truncated(raw):
+    return raw[: len(raw) // 2]
+
+
+def _empty(raw):
+    return b""
+
+
+def _missing_keys(raw):
+    manifest = json.loads(raw)
+    del manifest["shards"], manifest["config_sha256"]
+    return json.dumps(manifest).encode()
+
+
+def _wrong_type(raw):
+    return json.dumps(list(json.loads(raw).items())).encode()
+
+
+DAMAGES = {"truncated": _truncated, "empty": _empty, "missing keys": _missing_keys,
+           "wrong JSON type": _wrong_type}
+
+
+def test_damaged_manifest_gives_one_line_errors_and_repair_restores_it(config, reference,
+                                                                       tmp_path):
+    """The manifest truncated, empty, without keys, or a JSON array: verify,
+    report, query and run --resume fail in one line naming the manifest and
+    suggesting repair (exit 2, never a traceback); repair rebuilds the very
+    manifest from config.toml and the shard files, after which verify is clean
+    and --resume works, and the data are the reference's."""
+    original = (reference / MANIFEST).read_bytes()
+    runs = {}
+    for name, damage in DAMAGES.items():
+        runs[name] = copy_run(reference, tmp_path, name.replace(" ", "_"))
+        (runs[name] / MANIFEST).write_bytes(damage(original))
+    checks = [(name, command) for name in DAMAGES for command in ("verify", "report", "query")]
+    refused = [("wrong JSON type", "run")]     # read_manifest checks the shape for all
+    results = cartcohort_all(*[
+        (command, runs[name]) + (("SELECT 1",) if command == "query" else ())
+        for name, command in checks] + [
+        ("run", config, "--out", runs[name], "--resume", "--no-report")
+        for name, _ in refused])
+    for (name, command), result in zip(checks + refused, results):
+        assert result.returncode == 2, (name, command, result.stderr)
+        assert "Traceback" not in result.stderr
+        manifest_path = runs[name] / MANIFEST
+        line = result.stdout.strip() if command == "verify" else one_line(result)
+        assert "\n" not in line and f"{manifest_path}: damaged manifest" in line, (name, line)
+        assert f"cartcohort repair {runs[name]}" in line, (name, line)
+
+    repaired = cartcohort_all(*[("repair", runs[name]) for name in DAMAGES])
+    for name, result in zip(DAMAGES, repaired):
+        assert result.returncode == 0, (name, result.stderr)
+        assert "4 of 4 shard(s) verified and recorded" in result.stdout
+        assert json.loads((runs[name] / MANIFEST).read_bytes()) == json.loads(original)
+    after = cartcohort_all(*[("verify", runs[name]) for name in DAMAGES],
+                           ("run", config, "--out", runs["truncated"], "--resume",
+                            "--no-report"))
+    for result in after:
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert "resuming: 4/4 shards already done" in after[-1].stderr
+    for run_dir in runs.values():
+        assert_same_data(run_dir, reference)
+
+
+def test_repair_of_a_lost_manifest_leaves_a_damaged_shard_pending(config, reference,
+                                                                  tmp_path):
+    """No manifest and a shard file cut short: report refuses naming the lost
+    manifest, repair records the three whole shards and leaves the damaged one
+    pending (one line), and verify then names the pending shard."""
+    run_dir = copy_run(reference, tmp_path)
+    (run_dir / MANIFEST).unlink()
+    cut = run_dir / "patients" / "arm=adaptive" / "part-00003.parquet"
+    cut.write_bytes(cut.read_bytes()[:-64])
+    report = cartcohort("report", run_dir)
+    assert report.returncode == 2
+    assert f"no {MANIFEST}" in one_line(report) and "cartcohort repair" in report.stderr
+    repaired = cartcohort("repair", run_dir)
+    assert repaired.returncode == 0, repaired.stderr
+    assert one_line(repaired).startswith(f"shard 3: {cut}: damaged")
+    assert "3 of 4 shard(s) verified and recorded; 1 pending" in repaired.stdout
+    manifest = read_manifest(run_dir)
+    assert manifest["shards"] == {"0": "done", "1": "done", "2": "done", "3": "pending"}
+    verify = cartcohort("verify", run_dir)
+    assert verify.returncode == 2
+    assert "1 of 4 shard(s) pending (3)" in verify.stdout
+    assert f"{cut}: not in the manifest (shard 3 is pending" in verify.stdout
+
+
+def test_a_second_run_into_the_same_directory_is_refused(config, tmp_path):
+    """While a run holds the directory (stopped with SIGSTOP, so it surely
+    does), a second run exits 2 with one line naming the holder's pid and host;
+    once the holder is killed the kernel has released the lock."""
+    run_dir = tmp_path / "run"
+    lock_file = run_dir / ".cartcohort.lock"
+    first = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(config),
+                              "--out", str(run_dir), "--workers", "1", "--no-report"],
+                             start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        holder = None
+        while time.monotonic() < deadline and first.poll() is None and holder is None:
+            try:
+                holder = json.loads(lock_file.read_text())["pid"]
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.02)
+        assert holder == first.pid, "the first run never held the lock"
+        os.killpg(first.pid, signal.SIGSTOP)
+        second = cartcohort("run", config, "--out", run_dir, "--resume", "--workers", "1",
+                            "--no-report")
+        assert second.returncode == 2
+        line = one_line(second)
+        assert line.startswith(f"cartcohort run: error: {run_dir}: another cartcohort run")
+        assert f"pid {first.pid} on host {socket.gethostname()}" in line
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    with RunLock(run_dir) as lock:            # released by the kernel
+        assert json.loads(lock_file.read_text())["pid"] == os.getpid()
+        remove_temporaries(run_dir, lock)
+    with pytest.raises(RuntimeError, match="lock"):
+        remove_temporaries(run_dir, RunLock(run_dir))    # not held
+
+
+def test_every_commit_is_fsynced_before_and_after_its_rename(tmp_path, monkeypatch):
+    """Each os.replace of a shard file, config.toml and the manifest follows an
+    fsync of that very temporary file and is followed by an fsync of its folder
+    (new folders are fsynced into their parents too)."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst, *args, **kwargs):
+        events.append(("replace", os.path.realpath(src), os.path.realpath(dst)))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    text = "[scenario]\nname = 'durable'\n"
+    scenario = SimpleNamespace(name="durable", model="cart", text=text,
+                               sha256=hashlib.sha256(text.encode()).hexdigest(), overrides=(),
+                               seed=1, patients=3, shard_size=3, n_shards=1,
+                               arms=(SimpleNamespace(name="a"), SimpleNamespace(name="b")))
+    run_dir = tmp_path / "run"
+    prepare(run_dir, scenario, resume=False)
+    table = pa.table({"patient_id": np.arange(3), "shard": np.zeros(3, np.int32),
+                      "dose_cells": np.full(3, 1e8)})
+    records = write_shard(run_dir, scenario, 0, {"a": (table, table), "b": (table, table)})
+    write_manifest(run_dir, scenario, {0: records})
+
+    real = os.path.realpath(run_dir)
+    renames = [(i, e[1], e[2]) for i, e in enumerate(events) if e[0] == "replace"]
+    targets = [os.path.relpath(dst, real) for _, _, dst in renames]
+    assert targets.count(MANIFEST) == 2 and targets.count(CONFIG) == 1
+    assert sorted(t for t in targets if t.endswith(".parquet")) == sorted(
+        f"{d}/arm={arm}/part-00000.parquet" for d in DATASETS for arm in ("a", "b"))
+    for n, (i, src, dst) in enumerate(renames):
+        previous = renames[n - 1][0] if n else -1
+        following = renames[n + 1][0] if n + 1 < len(renames) else len(events)
+        assert ("fsync", src) in events[previous + 1:i], f"no fsync of {src} before its rename"
+        assert ("fsync", os.path.dirname(dst)) in events[i + 1:following], \
+            f"no fsync of the folder of {dst} after the rename"
+    synced = {e[1] for e in events if e[0] == "fsync"}
+    assert {os.path.realpath(tmp_path), real, os.path.join(real, "patients")} <= synced
