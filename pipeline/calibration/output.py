@@ -72,7 +72,9 @@ def _plot(targets, path):
     ax.set_yticks(y, targets["target"])
     ax.set_xlabel("achieved / target")
     ax.set_title("Calibration: targets and what the fitted model achieves")
-    ax.legend(loc="lower right", fontsize=8)
+    # below the axis label (0.6 inch under the axes), clear of the rows
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.6 / (0.45 * n + 0.5)), ncol=3,
+              fontsize=8)
     save(fig, path)
 
 
