@@ -21,7 +21,7 @@ from pathlib import Path
 from pipeline.durable import commit_text
 from pipeline.layout import (CONFIG, MANIFEST, RunDirectoryError, inspect_shards, shard_done,
                              shard_listing, write_shard)
-from pipeline.manifest import read_manifest, write_manifest
+from pipeline.manifest import read_manifest, resume_refusal, write_manifest
 from pipeline.runlock import RunLock, remove_temporaries
 from pipeline.shard import run_shard
 
@@ -33,11 +33,9 @@ def _check_run_dir(run_dir, scenario):
     config_path = run_dir / CONFIG
     manifest_path = run_dir / MANIFEST
     if manifest_path.exists():
-        recorded = read_manifest(run_dir)["config_sha256"]
-        if recorded != scenario.sha256:
-            raise RunDirectoryError(
-                f"{run_dir}: the run was made with another configuration (sha256 "
-                f"{recorded[:12]}, now {scenario.sha256[:12]}); refusing to add shards")
+        refusal = resume_refusal(run_dir, read_manifest(run_dir), scenario)
+        if refusal is not None:
+            raise RunDirectoryError(refusal)
     elif config_path.exists():
         text = config_path.read_text()
         if text != scenario.text:

@@ -29,6 +29,7 @@ import shlex
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.digest import code_digest
 from pipeline.durable import commit_bytes
 
 MANIFEST = "_manifest.json"
@@ -74,6 +75,7 @@ def parallel_map(function, items):
 def _file_metadata(scenario):
     return {b"cartcohort.config": scenario.text.encode(),
             b"cartcohort.config_sha256": scenario.sha256.encode(),
+            b"cartcohort.code_sha256": code_digest().encode(),
             b"cartcohort.overrides": json.dumps(dict(scenario.overrides),
                                                 sort_keys=True).encode()}
 
@@ -152,8 +154,8 @@ def _one_line(exc):
 
 def inspect_file(path, scenario, rows=None):
     """Check a shard file that no manifest records: it reads back whole as
-    Parquet (page checksums verified), was written for this very scenario (its
-    metadata's config hash) and, given ``rows``, has that many rows. Returns
+    Parquet (page checksums verified), was written for this very scenario and
+    code (its metadata's config and code hashes) and, given ``rows``, has that many rows. Returns
     ``(record, None)`` or ``(None, reason)``."""
     try:
         data = Path(path).read_bytes()
@@ -164,11 +166,14 @@ def inspect_file(path, scenario, rows=None):
     try:
         parquet = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True)
         table = parquet.read()
-        recorded = (parquet.schema_arrow.metadata or {}).get(b"cartcohort.config_sha256")
+        metadata = parquet.schema_arrow.metadata or {}
     except Exception as exc:                    # noqa: BLE001 - any failure: damaged
         return None, f"damaged: not a readable Parquet file ({_one_line(exc)})"
-    if recorded != scenario.sha256.encode():
+    if metadata.get(b"cartcohort.config_sha256") != scenario.sha256.encode():
         return None, "written for another configuration (its config_sha256 differs)"
+    code = metadata.get(b"cartcohort.code_sha256")      # absent: an earlier cartcohort's
+    if code is not None and code != code_digest().encode():
+        return None, "written by other code (its code_sha256 differs: the model or kernel changed)"
     if rows is not None and table.num_rows != rows:
         return None, f"{table.num_rows:,} rows, expected {rows:,} (the shard's patients)"
     return {"bytes": len(data), "rows": table.num_rows,

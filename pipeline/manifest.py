@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 import re
 
+from pipeline.digest import code_digest, code_files
 from pipeline.durable import commit_text
 from pipeline.layout import CONFIG, DATASETS, MANIFEST, PART, RunDirectoryError, quote
 
@@ -41,6 +42,7 @@ def write_manifest(run_dir, scenario, files):
         "seed": scenario.seed,
         "patients": scenario.patients, "shard_size": scenario.shard_size,
         "n_shards": scenario.n_shards, "version": _version(),
+        "code_sha256": code_digest(), "code_files": code_files(),
         "arms": [arm.name for arm in scenario.arms], "reference_arm": scenario.arms[0].name,
         "shards": {str(s): ("done" if s in files else "pending")
                    for s in range(scenario.n_shards)},
@@ -97,6 +99,10 @@ def manifest_problem(manifest, complete=True):
         return "'shards' has a state other than \"done\" or \"pending\""
     if is_legacy(manifest):
         return None
+    code = manifest.get("code_files", {})
+    if not _is(manifest.get("code_sha256", ""), str) or not (
+            _is(code, dict) and all(_is(v, str) for v in code.values())):
+        return "'code_sha256' or 'code_files' is not what cartcohort writes"
     if not _is(manifest.get("format"), int) or manifest["format"] != FORMAT:
         return f"'format' is {manifest.get('format')!r}, expected {FORMAT}"
     files = manifest.get("files")
@@ -177,3 +183,58 @@ def resume_command(run_dir, manifest):
                     for key, value in sorted(manifest.get("overrides", {}).items()))
     return (f"cartcohort run {quote(Path(run_dir) / CONFIG)} --resume "
             f"--out {quote(run_dir)}{flags}")
+
+
+def _flat(table, prefix=""):
+    if isinstance(table, dict):
+        for key, value in table.items():
+            yield from _flat(value, f"{prefix}{key}.")
+    elif isinstance(table, list) and table and all(isinstance(v, dict) for v in table):
+        for i, value in enumerate(table):
+            yield from _flat(value, f"{prefix[:-1]}[{i}].")
+    else:
+        yield prefix[:-1], table
+
+
+def _changed_keys(old_text, new_text, shown=4):
+    """The dotted keys whose values differ between two TOML texts, a few of them."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:                 # Python < 3.11
+        import tomli as tomllib
+    try:
+        old, new = (dict(_flat(tomllib.loads(text))) for text in (old_text, new_text))
+    except (tomllib.TOMLDecodeError, TypeError):
+        return "its text"
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k, ...) != new.get(k, ...))
+    if not keys:
+        return "its text (comments or layout only)"
+    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown
+                                      else "")
+
+
+def resume_refusal(run_dir, manifest, scenario):
+    """Why a run of ``scenario`` cannot resume the run its manifest describes, in
+    one line naming what changed (seed, patients, shard size, configuration keys,
+    code files); None when it can. A manifest that records no code hash (an
+    earlier cartcohort's) is taken on its configuration alone."""
+    changes = [f"{key.replace('_', ' ')} {manifest[key]} -> {getattr(scenario, key)}"
+               for key in OVERRIDES if manifest[key] != getattr(scenario, key)]
+    if not changes and manifest["config_sha256"] != scenario.sha256:
+        try:
+            old_text = (Path(run_dir) / CONFIG).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            old_text = None
+        changes.append("the configuration: " + (_changed_keys(old_text, scenario.text)
+                                                if old_text is not None else "its text"))
+    recorded = manifest.get("code_files")
+    if recorded is not None and manifest.get("code_sha256") != code_digest():
+        current = code_files()
+        files = sorted(path for path in recorded.keys() | current.keys()
+                       if recorded.get(path) != current.get(path))
+        changes.append("the code: " + ", ".join(files[:4])
+                       + (f" and {len(files) - 4} more" if len(files) > 4 else ""))
+    if not changes:
+        return None
+    return (f"{run_dir}: cannot resume, changed since the run was made: {'; '.join(changes)} "
+            f"(its shards would mix two different computations); choose another --out")

@@ -29,7 +29,7 @@ from pipeline.layout import (CONFIG, DATASETS, LOCK, MANIFEST, PART, RunDirector
                              check_file, expected_files, inspect_shards, parallel_map, part_path,
                              quote, shard_listing)
 from pipeline.manifest import (OVERRIDES, is_legacy, read_manifest, resume_command,
-                               write_manifest)
+                               resume_refusal, write_manifest)
 from pipeline.runlock import RunLock, remove_temporaries, require_lock
 
 
@@ -139,11 +139,9 @@ def check_target(run_dir, scenario, resume):
             raise RunDirectoryError(f"{run_dir}: a run exists here; use --resume to finish it, "
                                     f"or choose another --out")
         manifest = read_manifest(run_dir)
-        recorded = manifest["config_sha256"]
-        if recorded != scenario.sha256:
-            raise RunDirectoryError(f"{run_dir}: the run was made with another configuration "
-                                    f"(sha256 {recorded[:12]}, now {scenario.sha256[:12]}); "
-                                    f"refusing to resume")
+        refusal = resume_refusal(run_dir, manifest, scenario)
+        if refusal is not None:
+            raise RunDirectoryError(refusal)
         return manifest
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirectoryError(f"{run_dir}: exists and is not a directory")

@@ -336,3 +336,116 @@ def test_every_commit_is_fsynced_before_and_after_its_rename(tmp_path, monkeypat
             f"no fsync of the folder of {dst} after the rename"
     synced = {e[1] for e in events if e[0] == "fsync"}
     assert {os.path.realpath(tmp_path), real, os.path.join(real, "patients")} <= synced
+
+
+def test_resume_names_what_changed_seed_keys_or_code(config, reference, tmp_path):
+    """--resume refuses, in one line naming it, a changed seed (or patients,
+    shard size), changed configuration keys, and changed code: a manifest whose
+    recorded source of kernels/models/cart.py differs from the code running now
+    (what editing the model between the run and its resume leaves)."""
+    from pipeline.config import load_scenario, with_overrides
+    from pipeline.digest import code_digest
+    from pipeline.layout import RunDirectoryError
+
+    run_dir = copy_run(reference, tmp_path)
+    scenario = load_scenario(config)
+    with pytest.raises(RunDirectoryError, match=r"changed since the run was made: seed 11 -> 12 "
+                                                r"\(its shards would mix"):
+        prepare(run_dir, with_overrides(scenario, seed=12), resume=True)
+    with pytest.raises(RunDirectoryError, match=r": patients 200 -> 150; shard size 50 -> 30 "):
+        prepare(run_dir, with_overrides(scenario, patients=150, shard_size=30), resume=True)
+    edited = tmp_path / "edited.toml"
+    edited.write_text(config.read_text().replace("horizon_days = 365.0", "horizon_days = 300.0")
+                      + "\n# a comment\n")
+    with pytest.raises(RunDirectoryError,
+                       match=r": the configuration: scenario\.horizon_days \(its shards"):
+        prepare(run_dir, load_scenario(edited), resume=True)
+
+    manifest = json.loads((run_dir / MANIFEST).read_text())
+    manifest["code_files"]["kernels/models/cart.py"] = "0" * 64
+    manifest["code_sha256"] = code_digest(manifest["code_files"])
+    (run_dir / MANIFEST).write_text(json.dumps(manifest))
+    resumed = cartcohort("run", config, "--out", run_dir, "--resume", "--no-report")
+    assert resumed.returncode == 2
+    assert one_line(resumed).endswith(
+        "cannot resume, changed since the run was made: the code: kernels/models/cart.py (its "
+        "shards would mix two different computations); choose another --out")
+
+
+def test_a_shard_file_written_by_other_code_is_not_kept(config, reference, tmp_path):
+    """repair (which goes by the shard files alone) keeps no file whose recorded
+    code hash differs from the code running now: that shard becomes pending."""
+    import pyarrow.parquet as pq
+
+    run_dir = copy_run(reference, tmp_path)
+    (run_dir / MANIFEST).unlink()
+    path = run_dir / "patients" / "arm=fixed" / "part-00002.parquet"
+    table = pq.read_table(path)
+    metadata = {**table.schema.metadata, b"cartcohort.code_sha256": b"0" * 64}
+    pq.write_table(table.replace_schema_metadata(metadata), path)
+    repaired = cartcohort("repair", run_dir)
+    assert repaired.returncode == 0, repaired.stderr
+    assert f"shard 2: {path}: written by other code" in repaired.stderr
+    assert read_manifest(run_dir)["shards"]["2"] == "pending"
+
+
+def test_the_code_hash_covers_every_module_a_shard_task_imports():
+    """DATA_CODE lists every source of the kernels and pipeline packages that the
+    worker's entry points import (in a fresh interpreter)."""
+    from pipeline.digest import code_files
+
+    probe = ("import json, sys, pipeline.shard, pipeline.config, pipeline.layout; "
+             "print(json.dumps(sorted(m.__file__ for n, m in sys.modules.items() "
+             "if n.split('.')[0] in ('kernels', 'pipeline'))))")
+    loaded = json.loads(subprocess.run([sys.executable, "-c", probe], check=True,
+                                       capture_output=True, text=True).stdout)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    covered = set(code_files())
+    assert len(loaded) > 20
+    assert [f for f in loaded if os.path.relpath(f, root) not in covered] == []
+
+
+def test_strace_shows_an_fsync_before_every_rename(config, tmp_path):
+    """`strace -f` of a real run (a Dask local cluster of one worker process):
+    every rename of a shard file, config.toml and the manifest follows an fsync
+    of that very temporary file in the same process, and is followed by an
+    fsync of the folder it lands in."""
+    import re
+
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed (.ci/run installs it)")
+    probe = subprocess.run(["strace", "-o", os.devnull, "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"strace cannot trace here: {probe.stderr.decode().strip()}")
+    trace = tmp_path / "trace.txt"
+    run_dir = tmp_path / "run"
+    result = subprocess.run(["strace", "-f", "-y", "-qq", "-o", str(trace), "-e",
+                             "trace=fsync,fdatasync,rename,renameat,renameat2",
+                             sys.executable, "-m", "pipeline.cli", "run", str(config),
+                             "--out", str(run_dir), "--workers", "1", "--no-report"],
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    events = {}                 # pid -> [("fsync", path) | ("rename", src, dst)]
+    real = os.path.realpath(run_dir)
+    for line in trace.read_text().splitlines():
+        pid, call = line.split(None, 1)
+        if m := re.match(r"f(?:data)?sync\(\d+<([^>]*)>\) = 0", call):
+            events.setdefault(pid, []).append(("fsync", m[1]))
+        elif m := re.match(r'rename(?:at2?)?\((?:AT_FDCWD(?:<[^>]*>)?, )?"([^"]+)", '
+                           r'(?:AT_FDCWD(?:<[^>]*>)?, )?"([^"]+)"', call):
+            src, dst = (os.path.realpath(p) for p in m.groups())
+            if dst.startswith(real + os.sep):
+                events.setdefault(pid, []).append(("rename", src, dst))
+    renames = [(pid, i, e) for pid, seq in events.items() for i, e in enumerate(seq)
+               if e[0] == "rename"]
+    targets = sorted(os.path.relpath(e[2], real) for _, _, e in renames)
+    assert targets.count(MANIFEST) >= 2 and targets.count(CONFIG) == 1
+    assert sum(t.endswith(".parquet") for t in targets) == 4 * 2 * 2     # shards x arms x datasets
+    for pid, i, (_, src, dst) in renames:
+        seq = events[pid]
+        before = [e for e in seq[:i] if e[0] == "fsync"]
+        assert ("fsync", src) in before, f"no fsync of {src} before its rename"
+        after = seq[i + 1:]
+        stop = next((k for k, e in enumerate(after) if e[0] == "rename"), len(after))
+        assert ("fsync", os.path.dirname(dst)) in after[:stop], \
+            f"no fsync of the folder of {dst} after its rename"

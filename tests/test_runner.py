@@ -80,7 +80,7 @@ def test_resume_refuses_a_changed_config_and_a_rerun_needs_resume(config, tmp_pa
         prepare(run_dir, scenario, resume=False)
     changed = config.parent / "changed.toml"
     changed.write_text(SCENARIO.replace("seed = 7", "seed = 8"))
-    with pytest.raises(RunDirectoryError, match="another configuration"):
+    with pytest.raises(RunDirectoryError, match=r"cannot resume, changed .*: seed 7 -> 8 "):
         prepare(run_dir, load_scenario(changed), resume=True)
 
 
