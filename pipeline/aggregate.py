@@ -127,8 +127,11 @@ def paired_differences(patients, reference, outcomes, confidence=CONFIDENCE):
 def strata_rates(patients, column, outcomes, n_strata=3, confidence=CONFIDENCE):
     """Rates per arm within quantile strata of a baseline column (e.g. tumour
     burden): strata are the column's quantiles over all patients, so every arm
-    is split at the same cut points."""
+    is split at the same cut points. No rows (the columns only) when the column
+    has fewer than two distinct values: there is nothing to split."""
     edges = np.unique(np.quantile(patients[column], np.linspace(0.0, 1.0, n_strata + 1)))
+    if edges.size < 2:
+        return pd.DataFrame(columns=["stratum", *arm_rates(patients.iloc[:0], outcomes).columns])
     labels = pd.cut(patients[column], edges, include_lowest=True)
     frames = []
     for label, group in patients.groupby(labels, observed=True):

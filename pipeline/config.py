@@ -30,7 +30,8 @@ Keys (``required`` or the default; units are in the key names)
     shard_size       int >= 1, default 10000; patients per shard (the unit of work)
     horizon_days     number > 0, required; days simulated after the infusion at day 0
     rtol             number in (0, 1), default 1e-6; integrator relative tolerance
-    atol             number >= 0, default 1e-9; absolute tolerance, in model units
+    atol             number > 0, default 1e-9; absolute tolerance, in model units (0
+                     fails every patient: the tumour and CAR T states decay to 0)
     max_steps        int >= 1, default 100000; accepted steps per patient
 
 [cohort.parameters.<parameter>]   one optional table per model parameter
@@ -361,7 +362,7 @@ _SCENARIO = {
     "shard_size": _Key(int, 10_000, _ge(1)),
     "horizon_days": _Key(float, check=_gt(0)),
     "rtol": _Key(float, 1e-6, _within(0, 1, False)),
-    "atol": _Key(float, 1e-9, _ge(0)),
+    "atol": _Key(float, 1e-9, _gt(0)),
     "max_steps": _Key(int, 100_000, _ge(1)),
 }
 _COHORT = {"parameters": _Key(dict, {}), "correlation": _Key(dict, None),

@@ -203,12 +203,18 @@ def format_arm_table(summary, paired=None, confidence=CONFIDENCE, labels=None):
     return "\n".join(lines)
 
 
-def _verdict_block(paired, lead, labels, bullet):
+NONE_OK = ("Cannot say: no patient-arm integrated successfully (status ok), so there is no "
+           "rate and no paired difference.")
+
+
+def _verdict_block(paired, lead, labels, bullet, none_ok=False):
     """The question and one verdict line per arm (:mod:`pipeline.verdict`),
-    each line after ``bullet``."""
+    each line after ``bullet``; ``none_ok``: no patient-arm succeeded."""
+    if none_ok:
+        return ["Does the policy beat the reference? " + NONE_OK]
     if len(paired) == 0:
         return ["Does the policy beat the reference? No paired differences (a single arm, "
-                "or no patient with status ok)."]
+                "or no patient ok in both the arm and the reference)."]
     return [question(paired["reference"].iloc[0], labels[lead]),
             *(bullet + line for line in verdict_lines(paired, lead))]
 
@@ -221,8 +227,14 @@ def console_summary(run_dir):
     scenario = _load_config(run)
     summary, paired = read_arm_tables(run / REPORT_DIR)
     labels = outcome_labels(scenario)
-    return "\n".join([*_verdict_block(paired, lead_response(scenario), labels, "  "), "",
-                      format_arm_table(summary, paired, labels=labels)])
+    none_ok = len(summary) == 0 or not (summary["n"] > 0).any()
+    lines = _verdict_block(paired, lead_response(scenario), labels, "  ", none_ok)
+    note = failure_note(open_patients(run, columns=["status"]))
+    if note:
+        lines += ["", note.replace("**", "")]
+    if none_ok:
+        return "\n".join(lines + [f"(see the Status table in {run / REPORT_DIR / FILES['report']})"])
+    return "\n".join([*lines, "", format_arm_table(summary, paired, labels=labels)])
 
 
 # -- scenario and run facts ---------------------------------------------------
@@ -577,12 +589,50 @@ def _markdown(facts, summary, paired, strata, predictor, patients, policies, sce
               written, trajectories_note, sections):
     outcomes = report_outcomes(scenario, patients.columns)
     lead, labels = outcomes[0], outcome_labels(scenario)
-    outcomes_md = (lead, SEVERE)
+    none_ok = not (patients["status"] == 0).any()
+    lines = [f"# cartcohort report: {facts['scenario']}", "",
+             "## Does the policy beat the reference?", ""]
+    if none_ok:
+        lines += [NONE_OK, ""]
+    else:
+        lines += [_md_question(summary, paired, policies, facts["reference"], lead, labels), ""]
+    note = failure_note(patients)
+    if note:
+        lines += [note, ""]
+    lines += _md_scenario(facts, scenario, outcomes, lead, labels)
+    if none_ok:
+        lines += ["## Not computed", "", "Rates, paired differences, strata, doses, the "
+                  "scenario's sections and the plots: every one needs patients with status ok.",
+                  ""]
+    else:
+        lines += _md_body(facts, summary, paired, strata, predictor, patients, policies,
+                          outcomes, labels, sections)
+    lines += _md_status(patients, facts["arms"])
+    if not none_ok:
+        lines += _md_plots(written, trajectories_note)
+    return "\n".join(lines)
+
+
+def failure_note(patients):
+    """One sentence when some patient-arms failed integration (how many, by
+    status), else None."""
+    status = patients["status"].to_numpy()
+    failed = int(np.count_nonzero(status != 0))
+    if failed == 0:
+        return None
+    names = _status_names()
+    counts = pd.Series(status[status != 0]).value_counts().sort_index()
+    detail = ", ".join(f"{int(n):,} {names.get(int(code), f'status {int(code)}')}"
+                       for code, n in counts.items())
+    return (f"**{failed:,} of {len(status):,} patient-arms failed integration** ({detail}) and "
+            f"are left out of every rate and difference; see Status. A failure in many "
+            f"patients points at the solver settings (scenario.rtol, scenario.atol, "
+            f"scenario.max_steps) or at the cohort's parameters.")
+
+
+def _md_scenario(facts, scenario, outcomes, lead, labels):
     name = facts["scenario"]
-    lines = [f"# cartcohort report: {name}", "",
-             "## Does the policy beat the reference?", "",
-             _md_question(summary, paired, policies, facts["reference"], lead, labels), "",
-             "## Scenario", ""]
+    lines = ["## Scenario", ""]
     if scenario is not None and scenario.description:
         lines += [scenario.description, ""]
     info = [("scenario", name), ("model", facts.get("model", "?"))]
@@ -609,9 +659,13 @@ def _markdown(facts, summary, paired, strata, predictor, patients, policies, sce
         for arm in scenario.arms:
             info.append((f"arm `{arm.name}`", arm.describe()))
     info.append(("reference arm", facts["reference"]))
-    lines += [md_table(["", ""], info), ""]
+    return lines + [md_table(["", ""], info), ""]
 
-    lines += ["## Rates per arm", "",
+
+def _md_body(facts, summary, paired, strata, predictor, patients, policies, outcomes, labels,
+             sections):
+    outcomes_md = (outcomes[0], SEVERE)
+    lines = ["## Rates per arm", "",
               "Patients whose integration succeeded (status 0); Wilson 95% intervals.", "",
               _md_rates(summary, policies, outcomes, labels), ""]
 
@@ -664,22 +718,27 @@ def _markdown(facts, summary, paired, strata, predictor, patients, policies, sce
         lines += [md_table(["stratum (cells)", "arm", "n ok",
                              *(f"{labels[o]} % [95% CI]" for o in outcomes_md)], rows), ""]
     else:
-        lines += ["No strata (no finite baseline tumour burden).", ""]
+        lines += ["No strata (fewer than two distinct finite baseline tumour burdens).", ""]
 
     for section in sections:
         lines += [f"## {section.title}", "", section.markdown, ""]
+    return lines
 
-    lines += ["## Status", "", "Integration status per arm (0 = ok; others are left out of "
-              "rates and differences).", ""]
+
+def _md_status(patients, arms):
+    lines = ["## Status", "", "Integration status per arm (0 = ok; others are left out of "
+             "rates and differences).", ""]
     names = _status_names()
     counts = patients.groupby(["arm", "status"], sort=False).size().unstack(fill_value=0)
     codes = sorted(int(c) for c in counts.columns)
     headers = ["arm", *(f"{c} {names.get(c, '')}".strip() for c in codes), "total"]
     rows = [[arm, *(int(counts.loc[arm, c]) if arm in counts.index else 0 for c in codes),
-             int(counts.loc[arm].sum()) if arm in counts.index else 0] for arm in facts["arms"]]
-    lines += [md_table(headers, rows), ""]
+             int(counts.loc[arm].sum()) if arm in counts.index else 0] for arm in arms]
+    return lines + [md_table(headers, rows), ""]
 
-    lines += ["## Plots", ""]
+
+def _md_plots(written, trajectories_note):
+    lines = ["## Plots", ""]
     captions = {"rates": "Response (both definitions) and severe-CRS rates with Wilson 95% "
                          "intervals",
                 "adaptive_doses": "Dose distribution",
@@ -692,7 +751,7 @@ def _markdown(facts, summary, paired, strata, predictor, patients, policies, sce
         lines += [f"### {captions['trajectories']}", "", trajectories_note, ""]
     lines += ["Tables: " + ", ".join(f"[{FILES[k]}]({FILES[k]})"
                                      for k in ("summary", "paired", "strata")), ""]
-    return "\n".join(lines)
+    return lines
 
 
 # -- the report ---------------------------------------------------------------
@@ -728,26 +787,26 @@ def build_report(run_dir):
 
     name = manifest.get("scenario") or (scenario.name if scenario is not None else run.name)
     n_patients = int(patients["patient_id"].nunique())
-    plot_rates(summary, paths["rates"],
-               f"{name}: rates per arm ({n_patients:,} patients, status ok counted)",
-               outcome_labels(scenario))
-    written["rates"] = paths["rates"]
-    plot_doses(patients, policies, scenario, paths["adaptive_doses"])
-    written["adaptive_doses"] = paths["adaptive_doses"]
-    plot_il6_vs_dose(patients, scenario, paths["il6_vs_dose"])
-    written["il6_vs_dose"] = paths["il6_vs_dose"]
-
+    any_ok = bool((patients["status"] == 0).any())
+    for key in ("rates", "adaptive_doses", "il6_vs_dose", "trajectories"):
+        if paths[key].exists():                     # a stale plot from an earlier report
+            paths[key].unlink()
     note = None
-    if has_trajectories(run):
-        trajectories = open_trajectories(run)
-        plot_trajectories(trajectories, _model(model_name) if model_name else None, arms,
-                          paths["trajectories"])
-        written["trajectories"] = paths["trajectories"]
-    else:
-        note = ("Not drawn: this run has no trajectories dataset (`trajectories/`); "
-                "the runner writes one only for a sample of patients when asked to.")
-        if paths["trajectories"].exists():          # a stale plot from an earlier report
-            paths["trajectories"].unlink()
+    if any_ok:                                      # else nothing to plot: the report says so
+        plot_rates(summary, paths["rates"],
+                   f"{name}: rates per arm ({n_patients:,} patients, status ok counted)",
+                   outcome_labels(scenario))
+        plot_doses(patients, policies, scenario, paths["adaptive_doses"])
+        plot_il6_vs_dose(patients, scenario, paths["il6_vs_dose"])
+        written.update({key: paths[key] for key in ("rates", "adaptive_doses", "il6_vs_dose")})
+        if has_trajectories(run):
+            plot_trajectories(open_trajectories(run),
+                              _model(model_name) if model_name else None, arms,
+                              paths["trajectories"])
+            written["trajectories"] = paths["trajectories"]
+        else:
+            note = ("Not drawn: this run has no trajectories dataset (`trajectories/`); "
+                    "the runner writes one only for a sample of patients when asked to.")
 
     shards = manifest.get("shards")
     facts = {"scenario": name, "model": model_name or "?", "seed": manifest.get("seed"),
@@ -760,7 +819,7 @@ def build_report(run_dir):
     if facts["seed"] is None and scenario is not None:
         facts["seed"] = scenario.seed
     predictor = predictor_error(patients)
-    sections = write_sections(patients, scenario, out)
+    sections = write_sections(patients, scenario, out) if any_ok else []
     text = _markdown(facts, summary, paired, strata, predictor, patients, policies, scenario,
                      written, note, sections)
     paths["report"].write_text(text, encoding="utf-8")

@@ -79,6 +79,7 @@ MALFORMED = [
     ("rtol 0", rep("seed = 1", "seed = 1\nrtol = 0.0"), "scenario.rtol"),
     ("rtol 1", rep("seed = 1", "seed = 1\nrtol = 1"), "scenario.rtol"),
     ("atol negative", rep("seed = 1", "seed = 1\natol = -1e-9"), "scenario.atol"),
+    ("atol zero fails every patient", rep("seed = 1", "seed = 1\natol = 0.0"), "scenario.atol"),
     ("max_steps 0", rep("seed = 1", "seed = 1\nmax_steps = 0"), "scenario.max_steps"),
     ("horizon 0", rep("horizon_days = 365.0", "horizon_days = 0.0"), "scenario.horizon_days"),
     ("horizon infinite", rep("horizon_days = 365.0", "horizon_days = inf"),
