@@ -24,11 +24,13 @@ run against its manifest (pipeline.store.check_run) and refuse, in one line
 naming the file, a run that does not match it.
 """
 import argparse
+import errno
 import inspect
 import math
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from pipeline.tables import text_table
@@ -63,6 +65,8 @@ def build_parser():
     # to load, and commands such as verify and query never need it
     parser = _Parser(prog="cartcohort",
                      description="Virtual-cohort simulation of CAR T cell therapy.")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the Python traceback after the one-line message")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     models = commands.add_parser(
@@ -744,17 +748,34 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         return args.handler(args, sys.stdout)
-    except (ValueError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"cartcohort {args.command}: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("cartcohort: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:
         # the reader went away (`cartcohort models | head`): not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (ValueError, KeyError, OSError) as exc:
+        # OSError: what the machine refused (a full disk, a read-only or unwritable
+        # folder, a path that is a file): the path and the reason, in one line
+        if isinstance(exc, OSError):
+            message = os_error_line(exc)
+        else:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"cartcohort {args.command}: error: {message}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        return 2
+    except KeyboardInterrupt:
+        print("cartcohort: interrupted", file=sys.stderr)
+        return 130
+
+
+def os_error_line(exc):
+    """``PATH: reason`` of an OSError, with what to do for a full disk."""
+    where = f"{exc.filename}: " if exc.filename is not None else ""
+    line = f"{where}{exc.strerror or exc}"
+    if exc.errno == errno.ENOSPC:
+        line += ("; free space (or choose another --out), then finish the run with "
+                 "--resume: the shards already written are kept")
+    return line
 
 
 if __name__ == "__main__":

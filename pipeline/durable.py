@@ -2,7 +2,8 @@
 the manifest) is written under a temporary name in its folder (matching
 :data:`TEMPORARY`), flushed and fsync'ed, renamed into place, and the folder
 fsync'ed; new folders are fsync'ed into their parents. A killed run or a
-crashed machine leaves whole files or none."""
+crashed machine leaves whole files or none. An OSError (a full disk, an
+unwritable folder) names the file being committed."""
 import os
 from pathlib import Path
 import secrets
@@ -49,6 +50,11 @@ def commit_file(path, write):
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:            # a failed write or fsync: name the file
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

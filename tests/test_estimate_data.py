@@ -59,6 +59,12 @@ MALFORMED = {
     "missing id": ("id,time,name,value\n1,0,cart,1\n,1,cart,1\n", 3, "id", "missing id"),
     "missing name": ("id,time,name,value\n1,0,,1\n", 2, "name", "missing observation name"),
     "infinite time": ("id,time,name,value\n1,inf,cart,1\n", 2, "time", "not a finite"),
+    "repeated observation": ("id,time,name,value\n1,0,cart,5\n1,2,cart,1\n1,2,il6,3\n"
+                             "1,2,cart,1\n", 5, "name",
+                             "a second 'cart' observation of id '1' at time 2 (first at row 3, "
+                             "the same value)"),
+    "conflicting observation": ("id,time,name,value\n1,2,cart,1\n2,2,cart,7\n1,2,cart,10\n",
+                                4, "name", "(first at row 2, 1 there, 10 here); keep one row"),
 }
 
 

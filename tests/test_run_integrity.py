@@ -429,7 +429,9 @@ def test_strace_shows_an_fsync_before_every_rename(config, tmp_path):
     real = os.path.realpath(run_dir)
     for line in trace.read_text().splitlines():
         pid, call = line.split(None, 1)
-        if m := re.match(r"f(?:data)?sync\(\d+<([^>]*)>\) = 0", call):
+        # a call another thread interrupts is printed in two lines: "fsync(5</a/b>
+        # <unfinished ...>" then "<... fsync resumed>) = 0"; the first names the file
+        if m := re.match(r"f(?:data)?sync\(\d+<([^>]*)>(?:\) = 0| <unfinished)", call):
             events.setdefault(pid, []).append(("fsync", m[1]))
         elif m := re.match(r'rename(?:at2?)?\((?:AT_FDCWD(?:<[^>]*>)?, )?"([^"]+)", '
                            r'(?:AT_FDCWD(?:<[^>]*>)?, )?"([^"]+)"', call):
@@ -449,3 +451,73 @@ def test_strace_shows_an_fsync_before_every_rename(config, tmp_path):
         stop = next((k for k, e in enumerate(after) if e[0] == "rename"), len(after))
         assert ("fsync", os.path.dirname(dst)) in after[:stop], \
             f"no fsync of the folder of {dst} after its rename"
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(options) -> a fresh tmpfs folder (unmounted afterwards)."""
+    mounted = []
+
+    def mount(options):
+        if os.geteuid() != 0:
+            pytest.skip("mounting a size-limited or read-only tmpfs needs root (CI runs as root)")
+        folder = tmp_path / f"mnt{len(mounted)}"
+        folder.mkdir()
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_resume_finishes_it(config, reference,
+                                                                      tmpfs):
+    """A disk that holds about two of the four shards: the run stops with one
+    line naming the file it could not write and what to do (exit 2, no
+    traceback, no Dask log per worker or retry); once there is room, --resume
+    finishes it to the reference's bytes."""
+    disk = tmpfs("size=400k")
+    run_dir = disk / "run"
+    full = cartcohort("run", config, "--out", run_dir, "--workers", "2", "--no-report")
+    assert full.returncode == 2
+    lines = [line for line in full.stderr.splitlines()
+             if line.strip() and not line.startswith("shards ")]      # progress lines
+    assert len(lines) == 2 and lines[0].startswith("running integrity:"), full.stderr
+    line = lines[1]
+    assert line.startswith(f"cartcohort run: error: {run_dir}/") and \
+        ".parquet: No space left on device; free space" in line and "--resume" in line
+    assert "Traceback" not in full.stderr and "distributed" not in full.stderr
+    subprocess.run(["mount", "-o", "remount,size=20m", str(disk)], check=True)
+    resumed = cartcohort("run", config, "--out", run_dir, "--resume", "--workers", "2",
+                         "--no-report")
+    assert resumed.returncode == 0, resumed.stderr
+    assert cartcohort("verify", run_dir).returncode == 0
+    assert_same_data(run_dir, reference)
+
+
+def test_unwritable_outputs_get_one_line_and_exit_2(config, reference, tmpfs, tmp_path):
+    """--out on a read-only file system, --out naming a file, and a report into
+    a read-only run directory: one line naming the path, exit 2, no traceback;
+    --debug adds the traceback."""
+    readonly = tmpfs("ro,size=1m")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    for out, expected in ((readonly / "run", f"{readonly / 'run' / '.cartcohort.lock'}: cannot create the lock file "
+                                           f"(Read-only file system)"),
+                          (a_file, f"{a_file}: exists and is not a directory")):
+        result = cartcohort("run", config, "--out", out, "--no-report")
+        assert result.returncode == 2 and expected in one_line(result), result.stderr
+    frozen = tmpfs("size=5m")
+    shutil.copytree(reference, frozen / "run")
+    subprocess.run(["mount", "-o", "remount,ro", str(frozen)], check=True)
+    report = cartcohort("report", frozen / "run")
+    assert report.returncode == 2
+    assert one_line(report) == (f"cartcohort report: error: {frozen / 'run' / 'report'}: "
+                                f"Read-only file system")
+    debug = cartcohort("--debug", "report", frozen / "run")
+    assert debug.returncode == 2 and "Traceback (most recent call last)" in debug.stderr

@@ -22,7 +22,7 @@ any other   a covariate: one value per id, repeated on every row of the id;
 ==========  ===============================================================
 
 Dose rows may leave ``name``, ``value`` and ``blq`` empty. Every id needs at
-least one observation row.
+least one observation row, and has at most one observation per time and name.
 
 Errors are :class:`DataError`, one line naming the file, the row and the column::
 
@@ -267,6 +267,25 @@ def _check_sorted(table, individual, time):
                                  f"(row {table.rows[before]})")
 
 
+def _check_unique(table, individual, time, names, value, obs):
+    """One observation per (id, time, name): a repeated one (a copied row, or a
+    conflicting value) would count as a second, independent measurement."""
+    rows = np.flatnonzero(obs)
+    keys = pd.DataFrame({"id": individual[rows], "time": time[rows], "name": names[rows]})
+    repeated = np.flatnonzero(keys.duplicated(keep="first").to_numpy())
+    if repeated.size == 0:
+        return
+    here = rows[repeated[0]]
+    same = (keys == keys.iloc[repeated[0]]).all(axis=1).to_numpy()
+    first = rows[np.flatnonzero(same)[0]]
+    agree = ("the same value" if value[here] == value[first]
+             else f"{_show(value[first])} there, {_show(value[here])} here")
+    table.fail(here, "name", f"a second {names[here]!r} observation of id "
+                             f"{table.frame['id'].iloc[here]!r} at time {_show(time[here])} "
+                             f"(first at row {table.rows[first]}, {agree}); keep one row per "
+                             f"id, time and name ({repeated.size} repeated row(s) in all)")
+
+
 def _covariate(table, column, individual, first_row):
     """One value per individual, checked present and constant within the id."""
     missing = table.missing(column)
@@ -330,6 +349,7 @@ def read_dataset(path):
     if no_name.size:
         table.fail(no_name[0], "name", "missing observation name")
     value = table.numbers("value", obs)
+    _check_unique(table, individual, time, names, value, obs)
     blq = table.flags("blq", obs) if "blq" in columns else np.zeros(n_rows, bool)
     amount = (table.numbers("amount", dose) if "amount" in columns
               else np.full(n_rows, np.nan))
