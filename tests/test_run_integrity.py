@@ -169,6 +169,25 @@ def test_damaged_shard_files_are_refused_then_recomputed(config, reference, tmp_
     assert_same_data(run_dir, reference)
 
 
+def test_a_deleted_shard_file_is_refused_not_read_as_a_smaller_cohort(config, reference,
+                                                                      tmp_path):
+    """A shard file the manifest records, deleted: report refuses in one line
+    naming it (not a report on fewer patients); --resume recomputes the shard."""
+    run_dir = copy_run(reference, tmp_path)
+    deleted = run_dir / "patients" / "arm=adaptive" / "part-00003.parquet"
+    deleted.unlink()
+    report = cartcohort("report", run_dir)
+    assert report.returncode == 2 and report.stdout == ""
+    assert one_line(report).startswith(
+        f"cartcohort report: error: {deleted}: missing (recorded in the manifest); run "
+        f"cartcohort run {run_dir / CONFIG} --resume")
+    resumed = cartcohort("run", config, "--out", run_dir, "--resume", "--no-report")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"shard 3: {deleted}: missing (recorded in the manifest); recomputing it" \
+        in resumed.stderr
+    assert_same_data(run_dir, reference)
+
+
 def _truncated(raw):
     return raw[: len(raw) // 2]
 
