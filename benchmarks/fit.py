@@ -5,7 +5,7 @@
 
 For each model and N: N virtual patients of Stein et al. 2019's model
 (CPT Pharmacometrics Syst Pharmacol 8:285; typical values and omega^2 of
-science/REFERENCES.md, through ``pipeline.estimate.simulate``) sampled 30 times
+docs/references.md#stein-2019, through ``pipeline.estimate.simulate``) sampled 30 times
 over a year (the dense design of tests/test_estimate_individual.py) with
 lognormal error ``--sigma``, fitted by ``fit_individuals`` from the model's
 three starts per patient (S = 3), so each iteration evaluates up to

@@ -6,7 +6,7 @@
 
 Each replicate simulates ``--patients`` virtual patients of Stein et al.
 2019's closed-form kinetic model (CPT Pharmacometrics Syst Pharmacol 8:285;
-science/REFERENCES.md) with its published typical values and omega^2, sampled
+docs/references.md#stein-2019) with its published typical values and omega^2, sampled
 10 times over a year (days 1, 4, 7, 10, 14, 21, 28, 91, 182, 365), lognormal
 residual error sigma = 0.56, and refits them with SAEM using the settings and
 the deliberately rough initial values of configs/fit_stein.toml.
@@ -50,7 +50,7 @@ from pipeline.estimate.structural import get_structural  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "fit_stein.toml"
-# Stein 2019 (REFERENCES.md): typical values and omega^2 of the log parameters
+# Stein 2019 (docs/references.md#stein-2019): typical values and omega^2 of the log parameters
 TYPICAL = {"foldx": 3900.0, "Tmax": 9.3, "Cmax": 24000.0, "alpha": 0.16, "FB": 0.0079,
            "beta": 0.0032}
 OMEGA2 = {"foldx": 2.4, "Tmax": 0.38, "Cmax": 0.65, "alpha": 0.91, "FB": 0.80, "beta": 0.86}

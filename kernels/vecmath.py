@@ -1,9 +1,10 @@
 """Branch-free ``log2`` and ``exp2`` that LLVM vectorises across patients.
 
 libm's ``pow``/``log``/``exp`` are opaque calls: inside a loop over patients they
-stop vectorisation (measured in DESIGN.md: the step controller's ``x ** a`` cost
-about 35% of a step). These replacements use only +, *, / and selects, so they
-vectorise and give bit-identical results in vector and scalar code.
+stop vectorisation (README.md#how-the-kernel-works; measured when the kernel was
+built, the step controller's ``x ** a`` cost about 35% of a step). These
+replacements use only +, *, / and selects, so they vectorise and give
+bit-identical results in vector and scalar code.
 
 Accuracy: relative error below 1e-14 on the stated ranges (tested against numpy).
 """

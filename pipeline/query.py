@@ -1,6 +1,6 @@
 """Open a run's results: pandas DataFrames (through pyarrow) and DuckDB SQL.
 
-A run directory ``RUN`` holds plain Hive-partitioned Parquet (DESIGN.md s4)::
+A run directory ``RUN`` holds plain Hive-partitioned Parquet (README.md#running-scenarios)::
 
     RUN/patients/arm=<arm>/part-<shard:05d>.parquet       one row per patient and arm
     RUN/trajectories/arm=<arm>/part-<shard:05d>.parquet   optional: a sample of patients

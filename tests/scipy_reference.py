@@ -22,7 +22,7 @@ TIGHT = dict(method="DOP853", rtol=1e-10, atol=1e-14)
 
 def cart_rhs(params, auc_of_car_t=False):
     """f(t, y) of the reference CAR T model (kernels/models/cart.py docstring,
-    DESIGN.md s3). With ``auc_of_car_t`` a sixth state integrates E + M + X."""
+    docs/models.md#cart). With ``auc_of_car_t`` a sixth state integrates E + M + X."""
     r, Tmax, k, Kk, Ks, a, dE, gx, m, rho, dM, dX, s, c = (float(v) for v in params)
 
     def f(t, y):

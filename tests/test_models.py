@@ -70,7 +70,7 @@ def test_get_model_unknown_raises_key_error():
 
 
 def test_cart_metadata_matches_design():
-    """The cart model has DESIGN.md s3's states in order and its 14 parameters."""
+    """The cart model has the states of docs/models.md#cart in order and its 14 parameters."""
     cart = get_model("cart")
     assert cart.state_names == ("T", "E", "M", "X", "I")
     assert cart.parameter_names == ("r", "Tmax", "k", "Kk", "Ks", "a", "dE", "gx", "m", "rho",

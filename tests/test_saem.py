@@ -25,7 +25,7 @@ from pipeline.estimate.report import cohort_toml, estimate_rows
 from pipeline.estimate.saem import PopulationSpec, SaemSettings, fit
 from pipeline.estimate.structural import get_structural
 
-# Stein et al. 2019 (science/REFERENCES.md): typical values, omega^2, sigma (log scale)
+# Stein et al. 2019 (docs/references.md#stein-2019): typical values, omega^2, sigma (log scale)
 STEIN_TYPICAL = {"foldx": 3900.0, "Tmax": 9.3, "Cmax": 24000.0, "alpha": 0.16,
                  "FB": 0.0079, "beta": 0.0032}
 STEIN_OMEGA2 = {"foldx": 2.4, "Tmax": 0.38, "Cmax": 0.65, "alpha": 0.91, "FB": 0.80,

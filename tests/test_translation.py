@@ -22,7 +22,7 @@ from pipeline.sections import waterfall as waterfall_section
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "translation.toml"
 CELLS = 1e9          # cells per model unit
-# CARTmath, RAJI (Barros et al. 2021; science/REFERENCES.md), per cell and per day
+# CARTmath, RAJI (Barros et al. 2021; docs/references.md#barros-2021), per cell and per day
 RAJI = {"r": 0.507, "b": 0.0, "gamma": 3.37e-8, "phi": 0.83, "rho": 0.83, "alpha": 1.25e-8,
         "eps": 1.60, "mu": 6.9e-7, "theta": 2.3e-4}
 

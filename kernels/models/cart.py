@@ -24,12 +24,13 @@ State y = [T, E, M, X, I]: tumour, effector, memory and exhausted CAR T, serum I
     dX/dt = gx stim E - dX X
     dI/dt = s kill - c I
 
-Typical values and between-patient spreads are DESIGN.md section 3's starting
-point. They give CAR T peaks near day 10-14 at about 100x the dose, IL-6 peaks
-from tens to thousands of pg/mL and tumour falls of several logs, in line with
-the expansion and cytokine ranges of ``science/REFERENCES.md`` (Stein et al. 2019;
-Teachey et al. 2016); the cohort calibration against the trial outcome bands is
-the scenario's job (``configs/default.toml``).
+Typical values and between-patient spreads are a hand-set starting point, not
+fitted (docs/models.md#cart). They give CAR T peaks near day 10-14 at about 100x
+the dose, IL-6 peaks from tens to thousands of pg/mL and tumour falls of several
+logs, in line with the expansion and cytokine ranges of Stein et al. 2019 and
+Teachey et al. 2016 (docs/references.md#stein-2019,
+docs/references.md#teachey-2016); the cohort calibration against the trial
+outcome bands is the scenario's job (``configs/default.toml``).
 
 Extra columns (:func:`extra_features`, :func:`extra_outcomes`): the CAR T
 phenotype at days 28 and 90 (``PHENOTYPE_DAYS``), as cells
@@ -45,7 +46,7 @@ time up to the horizon: a response still in place at the end of the horizon.
 from kernels.models import phenotype
 from kernels.models.base import Model, Parameter, State, kill_over_growth, rhs_kernel
 
-_DESIGN = "DESIGN.md s3 (starting point for calibration)"
+_DESIGN = "hand-set starting point, not fitted (docs/models.md#cart)"
 
 STATES = (
     State("T", "1e9 cells", "tumour burden", 10.0),

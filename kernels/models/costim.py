@@ -20,9 +20,10 @@ back to proliferating effectors on antigen at nu stim. After the tumour is
 cleared (stim -> 0) the CAR T cells fall in two phases, E at delta + mu and M
 at dM: the biphasic decline of Stein et al. 2019's empirical model, with its
 fast rate ~ delta + mu and its persisting fraction ~ mu / (delta + mu - dM).
-The equations are the reference ``cart`` model's (DESIGN.md s3), whose compiled
-right-hand side this model uses, with its own names and values: recalibrating
-``cart``'s typical values cannot move the fitted construct sets below.
+The equations are the reference ``cart`` model's (docs/models.md#cart), whose
+compiled right-hand side this model uses, with its own names and values:
+recalibrating ``cart``'s typical values cannot move the fitted construct sets
+below.
 
 Construct parameter sets (``parameter_sets``; the model's typical values are
 the "41bb" set). alpha, delta, mu and dM are fitted for each construct by
@@ -39,19 +40,20 @@ costimulatory domain), so kill, antigen sensing and the tumour are the same:
              at days 7, 14, 28 and 90 (Kimmel et al. 2021; cells/uL, converted
              with :func:`blood_cells_per_ul`).
 
-Both from science/REFERENCES.md; the fit module states the targets, weights,
-the typical patient and how each fit meets its targets. The fits give CD28 the
-larger proliferation and contraction (alpha 1.17 vs 0.78/d, delta 0.46 vs
-0.17/d), as Cappell & Kochenderfer 2021 and Majzner et al. 2020 describe
-qualitatively (REFERENCES.md), and a persisting pool that is fed faster but
+Sources: docs/references.md#stein-2019 and docs/references.md#kimmel-2021; the
+fit module states the targets, weights, the typical patient and how each fit
+meets its targets. The fits give CD28 the larger proliferation and contraction
+(alpha 1.17 vs 0.78/d, delta 0.46 vs 0.17/d), as Cappell & Kochenderfer 2021
+and Majzner et al. 2020 describe qualitatively (docs/references.md#cappell-2021,
+docs/references.md#majzner-2020), and a persisting pool that is fed faster but
 lost 15 times faster (mu 0.023 vs 0.0014/d, dM 0.044 vs 0.0030/d: half-lives
 16 d vs 230 d, the latter near Stein's terminal 220 d). Exhaustion gamma is
 not identifiable from blood levels (exhausted cells are counted with the
 others) and is shared.
 
-Shared values (not fitted; DESIGN.md s3's ``cart`` starting point unless
-stated): r, Tcap, Ks, gamma, nu, dX, s, c as ``cart``. The kill is stronger per
-cell and saturates earlier than ``cart``'s (k 0.5 vs 0.15 per 1e9 cells per
+Shared values (not fitted; the ``cart`` model's starting point,
+docs/models.md#cart, unless stated): r, Tcap, Ks, gamma, nu, dX, s, c as
+``cart``. The kill is stronger per cell and saturates earlier than ``cart``'s (k 0.5 vs 0.15 per 1e9 cells per
 day, Kk 1 vs 10 x 1e9 cells; at most k Kk = 0.5 tumour cells killed per CAR T
 cell per day): with ``cart``'s kill the tumour of the typical patient falls
 slowly and stimulation fades over days, giving a rounded peak with a 5.5-day
@@ -64,8 +66,8 @@ Blood levels. The model counts whole-body cells; a blood level is
     cells/uL = cells x BLOOD_FRACTION / BLOOD_VOLUME_UL
 
 with 2% of the body's lymphocytes in the blood (Blum & Pabst 2007, Immunol
-Lett 108:45; unverified) and a blood volume of 70 mL/kg x 75 kg = 5.25 L
-(standard adult value, unverified). This is the conversion of the CD28 fit
+Lett 108:45, docs/references.md#blum-2007; unverified) and a blood volume of
+70 mL/kg x 75 kg = 5.25 L (standard adult value, unverified). This is the conversion of the CD28 fit
 and of the persistence outcome below.
 
 Extra columns (:func:`extra_features`, :func:`extra_outcomes`), for each
@@ -90,9 +92,9 @@ from kernels import features as kf
 from kernels.models import cart
 from kernels.models.base import Model, Parameter, State, kill_over_growth
 
-_DESIGN = "DESIGN.md s3 (cart model's starting point), shared by both constructs"
-_KILL = ("chosen so both construct fits meet their targets (module docstring); sd_log "
-         "DESIGN.md s3's; shared by both constructs")
+_DESIGN = "cart model's starting point (docs/models.md#cart), shared by both constructs"
+_KILL = ("chosen so both construct fits meet their targets (docs/models.md#costim); "
+         "sd_log the cart model's (docs/models.md#cart); shared by both constructs")
 # Provenance of each construct set (FITTED below).
 FITTED_SOURCE = {
     "41bb": "fitted by pipeline.calibration.costim_fit, WLS on log scale to the Stein et al. "
@@ -118,11 +120,11 @@ STATES = (
 
 
 def _fitted(name, cart_name, unit, description, sd_log):
-    """A fitted construct parameter: typical value the 41bb set's, spread DESIGN.md
-    s3's for the matching ``cart`` parameter."""
+    """A fitted construct parameter: typical value the 41bb set's, spread the
+    matching ``cart`` parameter's (docs/models.md#cart)."""
     return Parameter(name, unit, FITTED["41bb"][name], sd_log, description,
                      f"{FITTED_SOURCE['41bb']} (typical value: the 41bb set); sd_log "
-                     f"DESIGN.md s3's for cart's {cart_name}")
+                     f"cart's {cart_name} (docs/models.md#cart)")
 
 
 PARAMETERS = (
@@ -148,7 +150,7 @@ BLOOD_FRACTION = 0.02          # Blum & Pabst 2007 (unverified): ~2% of lymphocy
 BLOOD_VOLUME_UL = 70.0 * 75.0 * 1e3   # 70 mL/kg x 75 kg, in uL (unverified standard value)
 LANDMARK_DAYS = (28.0, 90.0, 365.0)
 TUMOUR_CONTROL_FRACTION = 0.01       # two logs below baseline (configs/costim.toml)
-PERSISTENCE_CELLS_PER_UL = 0.1       # ZUMA-1 median at day 90 (REFERENCES.md)
+PERSISTENCE_CELLS_PER_UL = 0.1       # ZUMA-1 median at day 90 (docs/references.md#kimmel-2021)
 PERSISTENCE_CELLS = PERSISTENCE_CELLS_PER_UL * BLOOD_VOLUME_UL / BLOOD_FRACTION   # whole body
 CAR_T = ("E", "M", "X")
 

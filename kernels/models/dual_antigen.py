@@ -1,6 +1,6 @@
 """``dual_antigen``: CAR T against a tumour of four antigen subclones, with
 antigen loss, normal tissues that express one antigen, and the CAR's logic
-gate as a parameter (DESIGN.md section 3).
+gate as a parameter (docs/models.md#dual_antigen).
 
 Time in days, cells in units of 1e9 cells, IL-6 in pg/mL, normal tissues as
 the fraction of their baseline size that remains.
@@ -66,12 +66,12 @@ log-normal across patients (the cohort samples every parameter log-normally),
 so the fractions are logit-normal: heterogeneous between patients.
 
 Parameter sources. The CAR T, tumour and IL-6 parameters are the ``cart``
-model's (DESIGN.md s3). The rest are illustrative assumptions, on the cart
-model's scales, not published values (``science/REFERENCES.md`` gives
-qualitative anchors only: EGFRvIII in about 25-30% of glioblastomas and
-heterogeneous within a tumour, unverified; after CART-EGFRvIII the target
-antigen fell in resected tumours, O'Rourke et al. 2017; bivalent designs aim at
-escape through antigen loss). Typical values (sd of log): odds_A, odds_B 1e4
+model's (docs/models.md#cart). The rest are illustrative assumptions, on the
+cart model's scales, not published values (the published anchors are
+qualitative only: EGFRvIII in about 25-30% of glioblastomas and heterogeneous
+within a tumour, unverified; after CART-EGFRvIII the target antigen fell in
+resected tumours, O'Rourke et al. 2017, docs/references.md#orourke-2017;
+bivalent designs aim at escape through antigen loss). Typical values (sd of log): odds_A, odds_B 1e4
 (2.0), a median 0.01% of cells negative for each antigen, rare pre-existing
 escape variants; loss_A, loss_B 1e-6 /day (0.5); loss_pressure 1e-4 (0.5);
 phi_NA, phi_NB 0.1 (0.5); S_NA, S_NB 1e9 cells (0.5); g_N 0.05 /day (0.3),
@@ -92,7 +92,8 @@ from kernels.models import cart
 from kernels.models.base import Model, Parameter, State, kill_over_growth, rhs_kernel
 
 _SWITCH = "design switch, 0 or 1, set per arm (sd of log 0: the same for every patient)"
-_ASSUMED = "illustrative assumption on the cart model's scales (DESIGN.md s3); not published"
+_ASSUMED = ("illustrative assumption on the cart model's scales, not published "
+            "(docs/models.md#dual_antigen)")
 
 SUBCLONES = ("T_AB", "T_A", "T_B", "T_neg")
 PHENOTYPES = ("A+B+", "A+B-", "A-B+", "A-B-")      # labels of SUBCLONES, same order

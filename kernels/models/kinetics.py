@@ -19,7 +19,7 @@ from E(0) = Cmax / foldx, M(0) = 0, the solution is Stein's closed form
 
 Cmax enters only through the initial state, so the right-hand side ignores it.
 Typical values and between-patient variances omega^2 of the log parameters
-are Stein 2019's population estimates (``science/REFERENCES.md``); sd_log =
+are Stein 2019's population estimates (docs/references.md#stein-2019); sd_log =
 sqrt(omega^2). Residual error in that fit: lognormal, sigma 0.56.
 
 This model has no tumour and no IL-6: it is fitted to CAR T data

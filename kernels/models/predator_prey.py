@@ -16,13 +16,13 @@ Closed forms used as checks (and by users as rules of thumb):
   drive D = sigma k E T: I(t) = D/gamma + (I0 - D/gamma) exp(-gamma t).
 
 Parameter values are illustrative orders of magnitude chosen to match the
-reference ``cart`` model's scales (DESIGN.md section 3), not fitted values.
+reference ``cart`` model's scales (docs/models.md#cart), not fitted values.
 """
 import math
 
 from kernels.models.base import Model, Parameter, State, kill_over_growth, rhs_kernel
 
-_ILLUSTRATIVE = "illustrative, on the scale of DESIGN.md s3's cart model"
+_ILLUSTRATIVE = "illustrative, on the cart model's scale (docs/models.md#cart)"
 
 _STATES = (
     State("T", "1e9 cells", "tumour burden", 10.0),

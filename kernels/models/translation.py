@@ -2,7 +2,7 @@
 
 Time in days, cells in units of 1e9 cells, IL-6 in pg/mL.
 
-The core is CARTmath (Barros et al. 2021, Cancers 13:2941; science/REFERENCES.md),
+The core is CARTmath (Barros et al. 2021, Cancers 13:2941; docs/references.md#barros-2021),
 effector CAR T C_T, memory CAR T C_M and tumour T in an NSG mouse:
 
     dC_T/dt = (phi - rho) C_T + theta T C_M - alpha T C_T
@@ -85,16 +85,16 @@ stops forming (eps C_T) once the tumour is gone, so without a niche limit
 (crowd = 0, the xenograft) the CAR T total keeps rising to the horizon; the
 model is built for the response landmark, not for CAR T kinetics. IL-6 follows
 the reference ``cart`` model's coupling (released in proportion to the cells
-killed, cleared linearly; s and c of DESIGN.md s3) on the human serum scale in
+killed, cleared linearly; s and c of docs/models.md#cart) on the human serum scale in
 every arm: a mouse's IL-6 is not modelled.
 """
 import numpy as np
 
 from kernels.models.base import Model, Parameter, State, rhs_kernel
 
-_RAJI = "CARTmath RAJI fit, Barros et al. 2021 (REFERENCES.md)"
+_RAJI = "CARTmath RAJI fit, Barros et al. 2021 (docs/references.md#barros-2021)"
 _PER_CELL = _RAJI + "; per cell x 1e9"
-_DESIGN = "cart model's value, DESIGN.md s3"
+_DESIGN = "cart model's value (docs/models.md#cart)"
 
 STATES = (
     State("Tp", "1e9 cells", "antigen-positive tumour", 0.0),
@@ -107,13 +107,14 @@ STATES = (
 )
 
 # Typical values: the patient. Between-patient spreads (sd of log) are
-# assumptions of the order of DESIGN.md s3's; 0 where a spread would break an
-# identity (phi + il2 - rho = 0 in the xenograft) or matter little.
+# assumptions of the order of the cart model's (docs/models.md#cart); 0 where a
+# spread would break an identity (phi + il2 - rho = 0 in the xenograft) or
+# matter little.
 PARAMETERS = (
     # -- tumour (r belongs to difference 6) ---------------------------------------
     Parameter("r", "1/day", 0.05, 0.3, "tumour growth rate",
-              "patient: inside Kimmel et al. 2021's r_B 0.01-0.5/day (REFERENCES.md); "
-              "xenograft: CARTmath RAJI 0.507/day"),
+              "patient: inside Kimmel et al. 2021's r_B 0.01-0.5/day "
+              "(docs/references.md#kimmel-2021); xenograft: CARTmath RAJI 0.507/day"),
     Parameter("b", "1/(1e9 cells)", 0.1, 0.0,
               "inverse tumour carrying capacity per mouse volume",
               "assumption: 1e10 cells (~10 g) in a 25 g mouse, 2.8e13 in a patient at "
@@ -122,7 +123,8 @@ PARAMETERS = (
     Parameter("gamma", "1/(1e9 cells day)", 33.7, 0.3, "kill rate constant",
               _PER_CELL + " (3.37e-8)"),
     Parameter("phi", "1/day", 0.67, 0.0, "effector proliferation without cytokine support",
-              "CARTmath RAJI phi 0.83 (REFERENCES.md) minus the xenograft's il2 0.16"),
+              "CARTmath RAJI phi 0.83 (docs/references.md#barros-2021) minus the "
+              "xenograft's il2 0.16"),
     Parameter("rho", "1/day", 0.83, 0.0, "effector death rate", _RAJI),
     Parameter("alpha", "1/(1e9 cells day)", 12.5, 0.3,
               "effector inactivation by antigen encounter", _PER_CELL + " (1.25e-8)"),
@@ -144,14 +146,16 @@ PARAMETERS = (
     Parameter("k_tr", "1/day", 0.5, 0.5, "CAR T trafficking from blood to tumour",
               "assumption: 76% of the dose reaches the tumour, after 1.5 days on average"),
     Parameter("d_b", "1/day", 0.16, 0.3, "CAR T loss from the blood",
-              "tisagenlecleucel contraction alpha 0.16/day, Stein et al. 2019 (REFERENCES.md)"),
+              "tisagenlecleucel contraction alpha 0.16/day, Stein et al. 2019 "
+              "(docs/references.md#stein-2019)"),
     # -- (4) cytokine support ------------------------------------------------------------
     Parameter("il2", "1/day", 0.0, 0.0, "effector proliferation from exogenous cytokines",
               "0 in a patient; xenograft 0.16/day, so that the patient's effectors "
               "contract at phi - rho = -0.16/day, Stein et al. 2019's alpha"),
     Parameter("crowd", "1/(1e9 cells)", 40.2, 0.0,
               "1 / CAR T capacity per mouse volume (capacity sigma / crowd)",
-              "Kimmel et al. 2021's K_C 6.96e10 cells (REFERENCES.md) at sigma 2800"),
+              "Kimmel et al. 2021's K_C 6.96e10 cells (docs/references.md#kimmel-2021) "
+              "at sigma 2800"),
     # -- (5) normal-tissue antigen sink -----------------------------------------------
     Parameter("n_sink", "1e9 cells", 0.018, 0.5,
               "normal antigen-positive cells per mouse volume (N0 = n_sink sigma)",
@@ -160,7 +164,7 @@ PARAMETERS = (
     Parameter("scale", "1", 1.0, 0.0, "multiplier of the cohort's baseline tumour burden",
               "1 in a patient; xenograft 0.01: ~1e8 cells, the RAJI burden at infusion in "
               "the CARTmath simulator's RAJI examples (3e6 cells grown 7 days at 0.507/day; "
-              "not in REFERENCES.md)"),
+              "not a published table)"),
     Parameter("sigma", "1", 2800.0, 0.3, "volume relative to a mouse (encounters / sigma)",
               "assumption: body mass, 70 kg / 25 g"),
     # -- IL-6 ---------------------------------------------------------------------------

@@ -17,13 +17,13 @@ y_i the model's CAR T cells (E + M + X, 1e9 cells) on the target's day i, obs_i
 the target, w_i = 1 / sd_i^2 with sd_i the spread of log obs_i, and a the
 conversion from model cells to the target's unit. Solver:
 ``scipy.optimize.least_squares`` (trust region reflective) from
-``INITIAL`` (DESIGN.md s3's values of the ``cart`` model's a, dE, m, dM), the
+``INITIAL`` (the ``cart`` model's a, dE, m, dM, docs/models.md#cart), the
 Jacobian by forward differences of log theta, the base and the perturbed
 parameter vectors integrated as one batch of patients in one kernel call.
 Every other parameter is the model's shared typical value.
 
-Targets (science/REFERENCES.md)
--------------------------------
+Targets (docs/references.md#stein-2019, docs/references.md#kimmel-2021)
+-----------------------------------------------------------------------
 ``41bb``: the Stein et al. 2019 typical tisagenlecleucel curve in copies/ug
     (:func:`kernels.models.kinetics.closed_form` at the typical values foldx
     3,900, Tmax 9.3 d, Cmax 24,000 copies/ug, alpha 0.16/d, FB 0.0079, beta
@@ -84,7 +84,7 @@ from kernels import features as kf
 from kernels.models import costim, kinetics
 from kernels.models.costim import FITTED_PARAMETERS
 
-INITIAL = {"alpha": 0.8, "delta": 0.2, "mu": 0.02, "dM": 0.005}   # DESIGN.md s3 a, dE, m, dM
+INITIAL = {"alpha": 0.8, "delta": 0.2, "mu": 0.02, "dM": 0.005}   # cart's a, dE, m, dM
 TUMOUR0_CELLS = 1e10
 WEIGHT_KG = 75.0
 RTOL, ATOL = 1e-10, 1e-12      # kernel tolerances of the fit (atol in 1e9 cells, pg/mL)

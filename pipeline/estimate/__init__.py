@@ -1,4 +1,4 @@
-"""Estimation: fitting models to longitudinal clinical data (DESIGN.md section 4).
+"""Estimation: fitting models to longitudinal clinical data (README.md#fitting-models-to-data).
 
 Modules of ``pipeline.estimate``, one line each:
 

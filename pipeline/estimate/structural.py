@@ -37,9 +37,10 @@ from pipeline.estimate.data import require_names
 OBSERVATION_ROLES = {"tumour": ("tumour", True), "cart": ("car_t", True), "il6": ("il6", False)}
 # default fitted parameters of kernel models, identifiable from tumour, CAR T and
 # IL-6 time courses sampled every few days: tumour growth and kill, CAR T expansion
-# and effector loss, IL-6 release. Not IL-6 clearance: with c = 2 /day (DESIGN.md
-# s3, a half-life of 0.35 d) IL-6 is at its quasi-steady state s kill / c at such
-# sampling, which fixes only s / c, and a c drifting up makes the IL-6 equation stiff.
+# and effector loss, IL-6 release. Not IL-6 clearance: with c = 2 /day (the cart
+# model's, docs/models.md#cart; a half-life of 0.35 d) IL-6 is at its
+# quasi-steady state s kill / c at such sampling, which fixes only s / c, and a
+# c drifting up makes the IL-6 equation stiff.
 # costim: its construct parameters, the ones pipeline.calibration.costim_fit fits
 # per construct to CAR T kinetics (kernels/models/costim.py).
 DEFAULT_FREE = {"cart": ("r", "k", "a", "dE", "s"),

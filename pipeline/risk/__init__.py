@@ -1,4 +1,4 @@
-"""CRS risk score and expected-utility decisions (DESIGN.md s4, "Risk and decisions").
+"""CRS risk score and expected-utility decisions (README.md#crs-risk-and-prophylaxis-decisions).
 
 From a run's simulated patients to a decision rule for CRS prophylaxis:
 

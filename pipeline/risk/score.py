@@ -1,4 +1,4 @@
-"""The OLS risk score (DESIGN.md s4, "Risk and decisions").
+"""The OLS risk score (README.md#crs-risk-and-prophylaxis-decisions).
 
     linear:  R = alpha L_max + beta A_C + gamma
     log:     R = alpha log10(L_max) + beta log10(A_C) + gamma

@@ -8,8 +8,8 @@ Per arm, ordered by debulking factor, over the patients with status 0:
 * rates with Wilson 95% intervals (:func:`pipeline.aggregate.arm_rates`): a late
   IL-6 peak, after the CRS window (``t_il6_peak_d`` > ``CRS_WINDOW_DAYS`` = 28
   days; peak IL-6 in the first month is what tracks severe CRS, Teachey et al.
-  2016, science/REFERENCES.md), a second wave of killing as the tumour regrows,
-  which ``il6_peak_pg_ml`` and the CRS grade count too since they take the
+  2016, docs/references.md#teachey-2016), a second wave of killing as the
+  tumour regrows, which ``il6_peak_pg_ml`` and the CRS grade count too since they take the
   maximum over the whole horizon; severe CRS; response (relative to the tumour
   at infusion); no detectable disease (an absolute response, which a smaller
   tumour at infusion does not make harder to reach; pipeline/outcomes.py);
