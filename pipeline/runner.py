@@ -45,23 +45,51 @@ def _shard_task(scenario, run_dir, shard):
         return shard, None, OSError(exc.errno, exc.strerror, exc.filename)
 
 
+HEARTBEAT_S = 10.0      # a progress line at least this often, even between shards
+
+
 def _is_terminal(stream):
     return getattr(stream, "isatty", lambda: False)()
 
 
+def _clock(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds} s"
+
+
 def _progress(done, total, started, patients_per_shard, stream):
-    """One progress line: redrawn in place on a terminal, one line each in a log."""
+    """One progress line, redrawn in place on a terminal, one line each in a
+    log: shards done, patients/s, elapsed time and the ETA (from the mean time
+    per shard so far; unknown before the first)."""
     elapsed = time.monotonic() - started
     rate = done * patients_per_shard / elapsed if elapsed > 0 else 0.0
+    eta = _clock(elapsed / done * (total - done)) if done else "after the first shard"
     line = (f"shards {done}/{total} ({100 * done // max(total, 1)}%), "
-            f"{rate:,.0f} patients/s, {elapsed:.0f} s")
-    stream.write(f"\r{line}" if _is_terminal(stream) else f"{line}\n")
+            f"{rate:,.0f} patients/s, {_clock(elapsed)} elapsed, ETA {eta}")
+    stream.write(f"\r{line}\x1b[K" if _is_terminal(stream) else f"{line}\n")
     stream.flush()
 
 
 def _end_progress(computed, stream):
-    if computed and _is_terminal(stream):
+    if _is_terminal(stream):
         stream.write("\n")
+
+
+def prepare_kernel(scenario, stream):
+    """Compile the scenario's kernel in this process, or load it from Numba's
+    disk cache, before any worker starts: one patient of the scenario through
+    :func:`run_shard` (every arm, so every specialisation the shards use). The
+    workers then load the compiled kernel from the cache instead of each
+    compiling it on its own (minutes and ~800 MB each on a first run)."""
+    from pipeline.config import with_overrides
+
+    stream.write(f"preparing the kernel of {scenario.model} (compiled on the first run, "
+                 f"about a minute; loaded from the cache afterwards) ...\n")
+    stream.flush()
+    started = time.monotonic()
+    run_shard(with_overrides(scenario, patients=1, shard_size=1), 0)
+    stream.write(f"kernel ready ({time.monotonic() - started:.1f} s)\n")
+    stream.flush()
 
 
 def local_client(workers=None):
@@ -82,7 +110,7 @@ def run(scenario, run_dir=None, *, client=None, workers=None, resume=False, stre
     already written are verified against the manifest and kept, and only the
     missing or failing ones are computed. Holds the run directory's lock
     throughout: ``lock``, a held RunLock of it, else one taken here."""
-    from distributed import as_completed
+    from distributed import wait
 
     run_dir = Path(run_dir or scenario.run_dir)
     with nullcontext(lock) if lock else lock_for_run(run_dir, scenario, resume) as held:
@@ -93,24 +121,36 @@ def run(scenario, run_dir=None, *, client=None, workers=None, resume=False, stre
             stream.write(f"resuming: {len(done)}/{total} shards already done\n")
         if not pending:
             return run_dir
+        prepare_kernel(scenario, stream)
         own_client = client is None
         client = local_client(workers) if own_client else client
+        if getattr(client, "dashboard_link", None):
+            stream.write(f"dashboard: {client.dashboard_link}\n")
         started = time.monotonic()
         try:
             futures = [client.submit(_shard_task, scenario, str(run_dir), s,
                                      retries=TASK_RETRIES, pure=False,
                                      key=f"shard-{scenario.sha256[:12]}-{s}")
                        for s in pending]
-            computed = 0
-            for future in as_completed(futures):
-                shard, records, refused = future.result()
-                if refused is not None:
-                    client.cancel(futures)
-                    _end_progress(computed, stream)
-                    raise refused
-                done[shard] = records
-                computed += 1
-                write_manifest(run_dir, scenario, done)
+            computed, remaining = 0, set(futures)
+            _progress(computed, len(pending), started, scenario.shard_size, stream)
+            while remaining:
+                try:
+                    finished = wait(remaining, timeout=HEARTBEAT_S,
+                                    return_when="FIRST_COMPLETED").done
+                except TimeoutError:                    # none finished: a heartbeat
+                    finished = ()
+                for future in sorted(finished, key=lambda f: f.key):
+                    shard, records, refused = future.result()
+                    if refused is not None:
+                        client.cancel(futures)
+                        _end_progress(computed, stream)
+                        raise refused
+                    done[shard] = records
+                    computed += 1
+                remaining -= set(finished)
+                if finished:
+                    write_manifest(run_dir, scenario, done)
                 _progress(computed, len(pending), started, scenario.shard_size, stream)
             _end_progress(computed, stream)
             remove_temporaries(run_dir, held)     # from workers lost mid-write
