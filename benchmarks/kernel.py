@@ -3,13 +3,20 @@
     .venv/bin/python benchmarks/kernel.py [--sizes 1000,10000,100000] [--threads 1,2]
                                           [--scipy-patients 20] [--quick] [--json FILE]
 
-The problem (:func:`problem`) is the reference ``cart`` model over 365 days,
-rtol 1e-6, atol 1e-9, one dose of 0.1 (1e8 cells) into E at day 0, six features
-computed in the step loop (peak IL-6 and its time, CAR T AUC of E+M+X, tumour
-minimum, tumour at day 28 and at day 365), patients log-normal around the
-typical parameters with a fixed seed. It is the ``cartcohort demo`` problem
-(:mod:`pipeline.demo`); patient i is the same for every N, so the scipy subset
-is the first patients of every kernel batch.
+The problem (:func:`problem`) is built by the pipeline itself from the scenario
+:data:`SCENARIO`: the reference ``cart`` model over 365 days, rtol 1e-6, atol
+1e-9, one fixed arm of 1e8 CAR T cells infused into E at day 0, the cohort at the
+configuration's defaults (each parameter log-normal around the model's typical
+value with its own ``sd_log``; tumour burden log-normal around 1e10 cells, sd of
+log 1.0), a fixed seed. The patients are one shard of N sampled by
+:func:`pipeline.cohort.sample_shard`, the arm's initial states, parameters and
+dose come from :func:`pipeline.shard.arm_problem` (what ``run_shard``
+integrates), and the six features computed in the step loop are six of the
+pipeline's own (:func:`pipeline.outcomes.kernel_features`): peak IL-6 and its
+time, CAR T AUC of E+M+X, tumour minimum, tumour at day 28 (the scenario's
+``response_day``) and at day 365. A patient depends on the seed, the shard and
+its index in the shard only, so patient i is the same for every N and the scipy
+subset is the first patients of every kernel batch (each child checks this).
 
 What is measured, and how:
 
@@ -68,14 +75,78 @@ SMALL_N_REPEATS, LARGE_N = 3, 10_000
 
 # ------------------------------------------------------------------ the problem
 
+# One fixed arm of the reference model; the cohort, every tolerance not given and
+# the outcome rules at pipeline/config.py's defaults. {n} patients in one shard.
+SCENARIO = """
+[scenario]
+name = "kernel-benchmark"
+model = "cart"
+seed = {seed}
+patients = {n}
+shard_size = {n}
+horizon_days = 365.0
+rtol = 1e-6
+atol = 1e-9
+
+[[arms]]
+name = "fixed"
+policy = "fixed"
+dose_cells = 1e8
+
+[outcomes]
+response_day = 28.0
+"""
+
+# (name in this report, the pipeline.outcomes column whose kernel feature it is)
+FEATURES = (("peak_il6", "il6_peak_pg_ml"), ("t_peak_il6", "t_il6_peak_d"),
+            ("car_t_auc", "cart_auc_cells_d"), ("tumour_min", "tumor_min_cells"),
+            ("tumour_day28", "tumor_response_day_cells"), ("tumour_day365", "tumor_end_cells"))
+FEATURE_NAMES = tuple(name for name, _ in FEATURES)
+
+
+class Problem:
+    """The benchmark problem: ``arm`` (a :class:`pipeline.shard.ArmProblem`: model,
+    y0[N, 5] before the dose, params[N, 14], doses, t0, t1, rtol, atol) and the six
+    kernel features in :data:`FEATURE_NAMES` order."""
+
+    def __init__(self, arm, features):
+        self.arm, self.features = arm, features
+
+    def solve(self, threads=1):
+        return self.arm.solve(features=self.features, threads=threads)
+
+
+def scenario(n_patients, seed=SEED):
+    """The validated benchmark scenario for N patients (one shard of N)."""
+    from pipeline.config import scenario_from_text
+    return scenario_from_text(SCENARIO.format(n=int(n_patients), seed=int(seed)),
+                              "benchmarks/kernel.py")
+
+
 def problem(n_patients, seed=SEED):
-    """The benchmark problem for N patients: a :class:`pipeline.demo.CohortProblem`
-    (model ``cart``, y0[N, 5] before the dose, params[N, 14], the dose, the six
-    features named in ``pipeline.demo.FEATURE_NAMES``, t 0..365, rtol 1e-6,
-    atol 1e-9). Sampling: parameter j = typical_j * exp(sd_log_j * z),
-    T0 = 10 * exp(1.0 * z), z standard normal from ``default_rng(seed)``."""
-    from pipeline.demo import cart_cohort
-    return cart_cohort(n_patients, seed)
+    """The benchmark problem for N patients, as the pipeline builds a shard's:
+    :func:`pipeline.cohort.sample_shard` (shard 0 of :func:`scenario`),
+    :func:`pipeline.shard.arm_problem` for its arm, and the features of
+    :func:`pipeline.outcomes.kernel_features` named in :data:`FEATURES`."""
+    from kernels.models import get_model
+    from pipeline import outcomes
+    from pipeline.cohort import sample_shard
+    from pipeline.shard import arm_problem
+
+    s = scenario(n_patients, seed)
+    model = get_model(s.model)
+    shard = sample_shard(s.cohort, s.seed, 0, s.shard_size, s.patients)
+    every = outcomes.kernel_features(model, s.outcomes, s.horizon_days)
+    features = tuple(every[outcomes.FEATURE_COLUMNS.index(column)] for _, column in FEATURES)
+    return Problem(arm_problem(model, s, s.arms[0], shard), features)
+
+
+def same_patients(small, large):
+    """Whether ``small``'s patients are the first patients of ``large``."""
+    k = len(small.arm)
+    a, b = small.arm, large.arm
+    return bool(np.array_equal(a.y0, b.y0[:k]) and np.array_equal(a.params, b.params[:k])
+                and np.array_equal(a.doses.amounts, b.doses.amounts[:k]))
 
 
 # ------------------------------------------------------------------ the machine
@@ -125,20 +196,25 @@ def _child_jit(spec):
     """Import and first solve in a fresh interpreter (cold or warm disk cache)."""
     begin = time.perf_counter()
     import numba  # noqa: F401
-    from pipeline.demo import cart_cohort
+    import kernels.dopri5  # noqa: F401
+    import kernels.models  # noqa: F401   (compiles or loads the right-hand sides)
     t_import = time.perf_counter() - begin
-    p = cart_cohort(WARMUP_PATIENTS, SEED)
+    begin = time.perf_counter()
+    import pipeline.config, pipeline.cohort, pipeline.outcomes, pipeline.shard  # noqa: F401,E401
+    t_pipeline_import = time.perf_counter() - begin
+    p = problem(WARMUP_PATIENTS, SEED)
     begin = time.perf_counter()
     p.solve(threads=1)
     t_first = time.perf_counter() - begin
     begin = time.perf_counter()
     p.solve(threads=1)
     t_second = time.perf_counter() - begin
-    result = {"import_s": t_import, "first_solve_s": t_first, "second_solve_s": t_second,
+    result = {"import_s": t_import, "pipeline_import_s": t_pipeline_import,
+              "first_solve_s": t_first, "second_solve_s": t_second,
               "kernel_sources": _kernel_sources_hash()}
     n_compare = spec.get("compare", 0)
     if n_compare:
-        sol = cart_cohort(n_compare, SEED).solve(threads=1)
+        sol = problem(n_compare, SEED).solve(threads=1)
         result["features"] = sol.features.tolist()
         result["status"] = sol.status.tolist()
     return result
@@ -179,18 +255,18 @@ def _kernel_sources_hash():
 
 def _child_throughput(spec):
     """One (N, threads) configuration: warm up, then time ``solve`` alone."""
-    from pipeline.demo import cart_cohort
-
     n, threads, repeats = spec["n"], spec["threads"], spec["repeats"]
     sources = _kernel_sources_hash()
+    warm = problem(WARMUP_PATIENTS, SEED)
     begin = time.perf_counter()
-    cart_cohort(WARMUP_PATIENTS, SEED).solve(threads=threads)
+    warm.solve(threads=threads)
     warmup = time.perf_counter() - begin
     # Peak RSS of the N-patient work alone: reset the high-water mark after the
     # warm-up (compilation transients would otherwise dominate it).
     reset = _reset_peak_rss()
     rss_base = _proc_status_kb("VmRSS") / 1024.0 if reset else _maxrss_mb()
-    p = cart_cohort(n, SEED)
+    p = problem(n, SEED)
+    prefix = same_patients(problem(min(n, WARMUP_PATIENTS), SEED), p)
     times = []
     for _ in range(repeats):
         begin = time.perf_counter()
@@ -198,14 +274,14 @@ def _child_throughput(spec):
         times.append(time.perf_counter() - begin)
     counts = np.bincount(sol.status.astype(np.int64), minlength=4)
     outputs = sol.features.nbytes + sol.saved.nbytes + sol.status.nbytes + sol.n_steps.nbytes
-    inputs = p.y0.nbytes + p.params.nbytes + p.doses.amounts.nbytes
+    inputs = p.arm.y0.nbytes + p.arm.params.nbytes + p.arm.doses.amounts.nbytes
     peak = _proc_status_kb("VmHWM") / 1024.0 if reset else _maxrss_mb()
     return {
         "n": n, "threads": threads, "times_s": times, "best_s": min(times),
         "patients_per_s": n / min(times),
         "steps_per_patient": float(sol.n_steps.mean()),
         "status_counts": counts.tolist(),
-        "warmup_s": warmup, "kernel_sources": sources,
+        "warmup_s": warmup, "kernel_sources": sources, "same_first_patients": prefix,
         "peak_rss_mb": peak, "base_rss_mb": rss_base, "peak_reset": reset,
         "process_maxrss_mb": _maxrss_mb(),
         "outputs_mb": outputs / 2**20, "inputs_mb": inputs / 2**20,
@@ -303,8 +379,9 @@ def run_scipy(p, n):
 def _scipy_pass(p, n):
     from scipy.integrate import solve_ivp
 
+    p = p.arm
     y0 = p.y0[:n].copy()
-    y0[:, p.model.state_index("E")] += p.doses.amounts[:n, 0]   # the dose at t0
+    y0[:, p.model.state_index(p.model.roles["infusion"][0])] += p.doses.amounts[:n, 0]  # at t0
     feats, steps, statuses = [], [], []
     t_solve = t_features = 0.0
     for i in range(n):
@@ -386,6 +463,8 @@ def main(argv=None):
     load_start = os.getloadavg()
     print("cartcohort kernel benchmark: model cart, 365 days, rtol 1e-6, atol 1e-9, "
           "one dose, six in-loop features")
+    print(f"problem: scenario SCENARIO (seed {SEED}), one shard of N patients sampled by "
+          "pipeline.cohort.sample_shard, arm built by pipeline.shard.arm_problem")
     print(f"machine: {info['cpu']} ({', '.join(info['simd']) or 'no AVX2'}), "
           f"{info['logical_cpus']} logical CPUs ({info['usable_cpus']} usable), "
           f"Numba up to {info['numba_threads_max']} threads")
@@ -419,12 +498,15 @@ def main(argv=None):
         if cold["kernel_sources"] != warm["kernel_sources"]:
             print("  WARNING: the kernels/ sources changed between the cold and the warm run, "
                   "so the warm run had to recompile; rerun when the sources are stable")
-        print(f"  (import includes compiling the models' right-hand sides; 1st solve of "
-              f"{WARMUP_PATIENTS} patients includes compiling or loading the kernel)")
+        print("  (import: numba and kernels/, including compiling the models' right-hand "
+              "sides; the pipeline")
+        print(f"  modules, pyarrow included, took {warm['pipeline_import_s']:.2f} s more, not "
+              f"counted; 1st solve of {WARMUP_PATIENTS} patients")
+        print("  includes compiling or loading the kernel)")
         print(flush=True)
 
         # 2. scipy on the first patients, in this process.
-        os.environ["NUMBA_CACHE_DIR"] = cache_dir   # importing pipeline.demo loads the rhs
+        os.environ["NUMBA_CACHE_DIR"] = cache_dir   # importing kernels.models loads the rhs
         sp = run_scipy(problem(n_scipy), n_scipy)
         kernel_feats = np.array(warm["features"])
         scipy_feats = np.array(sp["features"])
@@ -434,7 +516,6 @@ def main(argv=None):
         print(f"  {sp['patients_per_s']:.1f} patients/s with features "
               f"({sp['patients_per_s_integration_only']:.1f} integration only), "
               f"{sp['steps_per_patient']:.1f} steps/patient, {sp['failures']} failures")
-        from pipeline.demo import FEATURE_NAMES
         print("  kernel vs scipy on these patients, |kernel - scipy| / |scipy| "
               "(median, max):")
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -480,6 +561,11 @@ def main(argv=None):
         print(f"WARNING: these children recompiled the kernel during warm-up (its sources "
               f"changed during the run?): {', '.join(compiled)}")
     hashes = sorted({r["kernel_sources"] for r in rows})
+    mixed = [f"N={r['n']}/threads={r['threads']}" for r in rows
+             if not r["same_first_patients"]]
+    if mixed:
+        print(f"WARNING: these children's first patients differ from a smaller cohort's "
+              f"(the sampler is not prefix-stable?): {', '.join(mixed)}")
     if len(hashes) > 1:
         print(f"WARNING: the kernels/ sources changed during the run ({len(hashes)} versions: "
               f"{', '.join(hashes)}); rows are not comparable")
@@ -496,7 +582,9 @@ def main(argv=None):
         warm.pop("status", None)
         result = {
             "problem": {"model": "cart", "t1_days": 365.0, "rtol": 1e-6, "atol": 1e-9,
-                        "dose": 0.1, "features": list(FEATURE_NAMES), "seed": SEED},
+                        "dose": 0.1, "features": list(FEATURE_NAMES),
+                        "pipeline_columns": [column for _, column in FEATURES], "seed": SEED,
+                        "scenario": SCENARIO},
             "machine": info, "load_average_start": load_start, "load_average_end": load_end,
             "jit": {"cold": cold, "warm": warm, "cache_files": len(after),
                     "rewritten_by_warm_run": rewritten},

@@ -5,6 +5,8 @@ of storage. Every arm runs on the shard's same patients (common random numbers),
 so differences between arms are paired. The result depends only on the
 scenario and the shard index: never on which worker runs it or when.
 """
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 
@@ -64,12 +66,80 @@ def _model_columns(model, params, dose, tumour0, columns):
     return extra
 
 
-def _solve(model, scenario, y0, params, dose, **options):
+def _infusion(model, dose):
+    """The infusion at day 0: ``dose`` cells [N] into the model's infusion state."""
     infusion = model.roles["infusion"][0]
-    doses = dopri5.Doses([0.0], [infusion], (dose / model.cells_per_unit)[:, None])
+    return dopri5.Doses([0.0], [infusion], (dose / model.cells_per_unit)[:, None])
+
+
+def _solve(model, scenario, y0, params, dose, threads=1, **options):
     return dopri5.solve(model, y0, params, 0.0, scenario.horizon_days, rtol=scenario.rtol,
-                        atol=scenario.atol, doses=doses, max_steps=scenario.max_steps,
-                        threads=1, **options)
+                        atol=scenario.atol, doses=_infusion(model, dose),
+                        max_steps=scenario.max_steps, threads=threads, **options)
+
+
+@dataclass(frozen=True, eq=False)
+class ArmProblem:
+    """One arm of one shard as the kernel integrates it (:func:`arm_problem`).
+
+    ``y0``       float64[N, S] at infusion, before the dose (tumour after any debulking)
+    ``params``   float64[N, P], the arm's parameters (:func:`arm_parameters`)
+    ``tumour0_cells``  float64[N], the tumour at infusion in cells
+    ``dosing``   :class:`pipeline.policies.Dosing` under the arm's policy
+    ``events``, ``first_event``  the arm's interventions
+                 (:func:`pipeline.policies.intervention_events`)
+    """
+
+    model: object
+    scenario: object
+    y0: np.ndarray
+    params: np.ndarray
+    tumour0_cells: np.ndarray
+    dosing: object
+    events: tuple
+    first_event: dict
+
+    t0 = 0.0
+
+    def __len__(self):
+        return int(self.y0.shape[0])
+
+    @property
+    def t1(self):
+        return self.scenario.horizon_days
+
+    @property
+    def rtol(self):
+        return self.scenario.rtol
+
+    @property
+    def atol(self):
+        return self.scenario.atol
+
+    @property
+    def doses(self):
+        """The infusion as :class:`kernels.dopri5.Doses` (amounts in model units)."""
+        return _infusion(self.model, self.dosing.dose_cells)
+
+    def solve(self, features=(), threads=1, **options):
+        """Integrate every patient over 0..horizon_days with the scenario's
+        tolerances, the arm's dose and events (:func:`kernels.dopri5.solve`)."""
+        return _solve(self.model, self.scenario, self.y0, self.params,
+                      self.dosing.dose_cells, threads=threads, features=features,
+                      events=self.events, **options)
+
+
+def arm_problem(model, scenario, arm, shard):
+    """The kernel inputs of ``arm`` on ``shard`` (a :class:`pipeline.cohort.Shard`):
+    the arm's parameters, initial states, dose and interventions, as
+    :func:`run_shard` integrates them. Returns an :class:`ArmProblem`."""
+    params = arm_parameters(model, scenario, arm, shard.params)
+    burden = policies.tumour_at_infusion(arm, shard.covariates["tumour_burden_cells"])
+    y0 = model.initial_states(burden / model.cells_per_unit, params)
+    dosing = arm_doses(model, scenario, arm, shard, y0, params)
+    events, first_event = policies.intervention_events(model, arm)
+    return ArmProblem(model, scenario, y0, params, tumour_at_infusion(model, y0), dosing,
+                      events, first_event)
 
 
 def run_shard(scenario, shard_index):
@@ -93,14 +163,11 @@ def run_shard(scenario, shard_index):
         i.name for arm in scenario.arms for i in arm.interventions))
     tables = {}
     for arm in scenario.arms:
-        params = arm_parameters(model, scenario, arm, shard.params)
-        burden = policies.tumour_at_infusion(arm, shard.covariates["tumour_burden_cells"])
-        y0 = model.initial_states(burden / model.cells_per_unit, params)
-        tumour0 = tumour_at_infusion(model, y0)
-        dosing = arm_doses(model, scenario, arm, shard, y0, params)
+        problem = arm_problem(model, scenario, arm, shard)
+        params, y0, tumour0 = problem.params, problem.y0, problem.tumour0_cells
+        dosing, events, first_event = problem.dosing, problem.events, problem.first_event
         dose = dosing.dose_cells
-        events, first_event = policies.intervention_events(model, arm)
-        solution = _solve(model, scenario, y0, params, dose, features=features, events=events)
+        solution = problem.solve(features=features)
         given = {f"t_{name}_d": (solution.event_times[:, first_event[name]]
                                  if name in first_event else np.full(n, np.nan))
                  for name in all_interventions}

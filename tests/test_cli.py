@@ -1,7 +1,8 @@
 """The ``cartcohort`` command, run as a user runs it: in a subprocess.
 
-The first run of ``demo`` may compile the kernel (about 30 s on a cold Numba
-disk cache); later runs load it from the cache.
+The first command that integrates (``run``, ``simulate-data``, ``fit``) may
+compile the kernel (about 30 s on a cold Numba disk cache); later runs load it
+from the cache.
 """
 import re
 from pathlib import Path
@@ -14,6 +15,7 @@ from kernels.models import get_model
 
 TIMEOUT = 600   # a cold Numba cache compiles the kernel first
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT = str(CONFIGS / "default.toml")
 SMALL_SCENARIO = """
 [scenario]
 name = "small"
@@ -27,6 +29,13 @@ name = "fixed"
 policy = "fixed"
 dose_cells = 1e8
 """
+# a second arm, so that a run prints a comparison with the reference arm
+LOW_DOSE_ARM = """
+[[arms]]
+name = "low"
+policy = "fixed"
+dose_cells = 3e7
+"""
 
 
 def cartcohort(*args):
@@ -35,8 +44,21 @@ def cartcohort(*args):
 
 
 @pytest.fixture(scope="module")
-def demo_200():
-    return cartcohort("demo", "--patients", "200", "--threads", "1")
+def small_config(tmp_path_factory):
+    config = tmp_path_factory.mktemp("scenario") / "small.toml"
+    config.write_text(SMALL_SCENARIO + LOW_DOSE_ARM)
+    return config
+
+
+def run_200(config, out):
+    return cartcohort("run", str(config), "--out", str(out), "--patients", "200",
+                      "--shard-size", "100", "--workers", "1")
+
+
+@pytest.fixture(scope="module")
+def small_run(small_config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "first"
+    return out, run_200(small_config, out)
 
 
 def test_models_lists_states_and_parameters():
@@ -48,40 +70,68 @@ def test_models_lists_states_and_parameters():
         assert re.search(rf"^{re.escape(p.name)}\s+{re.escape(p.unit)}\s", out, re.M), p.name
     for s in cart.states:
         assert re.search(rf"^{re.escape(s.name)}\s+{re.escape(s.unit)}\s", out, re.M), s.name
-    assert "DESIGN.md s3" in out                       # sources are shown
+    assert "docs/models.md#cart" in out                # sources are shown
     assert "predator_prey_cytokine" in out             # model(cytokine=True) is listed too
     assert re.search(r"^sigma\s", out, re.M) and re.search(r"^gamma\s", out, re.M)
 
 
-def test_demo_summary(demo_200):
-    assert demo_200.returncode == 0, demo_200.stderr
-    out = demo_200.stdout
-    assert re.search(r"^patients\s+200$", out, re.M)
-    counts = {m[0]: int(m[1]) for m in re.findall(r"^status (\w+)\s+(\d+)$", out, re.M)}
-    assert set(counts) >= {"ok", "max_steps", "step_underflow", "non_finite"}
-    assert sum(counts.values()) == 200
-    for label in ("peak IL-6 (pg/mL)", "time of IL-6 peak (days)", "CAR T AUC",
-                  "tumour minimum (cells)", "tumour at day 28 (cells)",
-                  "tumour at day 365 (cells)", "crude response indicator", "patients/s"):
+def test_validate_summarises_the_scenario():
+    result = cartcohort("validate", DEFAULT)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert re.search(r"^scenario\s+default ", out, re.M)
+    assert re.search(r"^model\s+cart2$", out, re.M)
+    assert re.search(r"^patients\s+100000 in 10 shard\(s\) of up to 10000$", out, re.M)
+    assert re.search(r"^horizon\s+365 days, rtol 1e-06, atol 1e-09$", out, re.M)
+    for arm in ("fixed", "adaptive", "oracle"):
+        assert re.search(rf"^arm {arm}\s+\S", out, re.M), arm
+    assert re.search(r"^sha256\s+[0-9a-f]{64}$", out, re.M)
+
+
+def test_run_summary(small_run):
+    out_dir, result = small_run
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.startswith("Does the policy beat the reference?")
+    assert re.search(r"^  low: response [-+]\d", out, re.M)
+    for label in ("rates per arm", "response (tumour <= 1% of baseline at day 28)",
+                  "severe CRS", "relapse", "paired differences vs fixed"):
         assert label in out, label
-    median = float(re.search(r"^time of IL-6 peak \(days\)\s+(\S+)", out, re.M)[1])
-    assert 0.0 < median < 365.0
-    # progress and timing go to stderr, not into the summary
-    assert "integrated 200/200 patients" in demo_200.stderr
-    assert "integrated" not in out
+    # every patient of both arms integrated: 200 ok patients in each arm's rates
+    rates = out.split("rates per arm", 1)[1].split("paired differences", 1)[0]
+    for arm in ("fixed", "low"):
+        row = re.search(rf"^{arm}\s+(\d+)\s+(\d+\.\d)% \[", rates, re.M)
+        assert row and int(row[1]) == 200 and 0.0 <= float(row[2]) <= 100.0, arm
+    counts = cartcohort("query", str(out_dir), "SELECT arm, status, count(*) AS n FROM "
+                        "patients GROUP BY arm, status ORDER BY arm, status")
+    assert counts.returncode == 0, counts.stderr
+    assert re.findall(r"^(\w+)\s+(\d+)\s+(\d+)$", counts.stdout, re.M) == [
+        ("fixed", "0", "200"), ("low", "0", "200")]
+    # progress and file names go to stderr, not into the summary
+    assert "shards 2/2 (100%)" in result.stderr and "wrote " in result.stderr
+    assert "shards" not in out and "wrote " not in out
+    assert (out_dir / "report" / "report.md").stat().st_size > 0
 
 
-def test_demo_is_reproducible(demo_200):
-    again = cartcohort("demo", "--patients", "200", "--threads", "1")
+def test_run_is_reproducible(small_config, small_run, tmp_path):
+    first_dir, first = small_run
+    assert first.returncode == 0, first.stderr
+    again = run_200(small_config, tmp_path / "again")
     assert again.returncode == 0, again.stderr
-    strip = lambda text: re.sub(r"^throughput:.*$", "", text, flags=re.M)  # noqa: E731
-    assert strip(again.stdout) == strip(demo_200.stdout)
+    assert again.stdout == first.stdout
+    sql = ("SELECT arm, patient_id, status, il6_peak_pg_ml, tumor_end_cells, cart_auc_cells_d "
+           "FROM patients ORDER BY arm, patient_id")
+    rows = [cartcohort("query", "--csv", str(run), sql) for run in (first_dir, tmp_path / "again")]
+    assert all(r.returncode == 0 for r in rows), [r.stderr for r in rows]
+    assert len(rows[0].stdout.splitlines()) == 1 + 400
+    assert rows[0].stdout == rows[1].stdout
 
 
 @pytest.mark.parametrize("args", [
-    ("demo", "--patients", "-5"),
-    ("demo", "--patients", "many"),
-    ("demo", "--no-such-option"),
+    ("run", DEFAULT, "--patients", "-5"),
+    ("run", DEFAULT, "--patients", "many"),
+    ("models", "--no-such-option"),
+    ("validate",),
     ("no-such-command",),
     (),
 ])
@@ -93,7 +143,8 @@ def test_bad_arguments_exit_2_with_one_line(args):
     assert len(lines) == 1 and "error" in lines[0], result.stderr
 
 
-@pytest.mark.parametrize("args", [("--help",), ("models", "--help"), ("demo", "--help")])
+@pytest.mark.parametrize("args", [("--help",), ("models", "--help"), ("run", "--help"),
+                                  ("validate", "--help")])
 def test_help(args):
     result = cartcohort(*args)
     assert result.returncode == 0
