@@ -66,12 +66,12 @@ TIMEOUT = 600
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cartcohort(*args, wait=True, **kwargs):
+def cartcohort(*args, wait=True, timeout=TIMEOUT, **kwargs):
     command = [sys.executable, "-m", "pipeline.cli", *map(str, args)]
     if not wait:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True, cwd=ROOT, **kwargs)
-    return subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT,
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                           **kwargs)
 
 
@@ -204,7 +204,7 @@ def main(argv=None):
         config.write_text(SCENARIO)
         reference = tmp / "reference"
         made = cartcohort("run", config, "--out", reference, "--workers", args.workers,
-                          "--no-report")
+                          "--no-report", timeout=3 * TIMEOUT)       # may compile the kernel
         if made.returncode != 0:
             sys.exit(f"fault_campaign: the reference run failed: {made.stderr.strip()}")
         started = time.monotonic()
