@@ -99,8 +99,8 @@ response_day = 28.0
 
 # (name in this report, the pipeline.outcomes column whose kernel feature it is)
 FEATURES = (("peak_il6", "il6_peak_pg_ml"), ("t_peak_il6", "t_il6_peak_d"),
-            ("car_t_auc", "cart_auc_cells_d"), ("tumour_min", "tumor_min_cells"),
-            ("tumour_day28", "tumor_response_day_cells"), ("tumour_day365", "tumor_end_cells"))
+            ("car_t_auc", "cart_auc_cells_d"), ("tumour_min", "tumour_min_cells"),
+            ("tumour_day28", "tumour_response_day_cells"), ("tumour_day365", "tumour_end_cells"))
 FEATURE_NAMES = tuple(name for name, _ in FEATURES)
 
 

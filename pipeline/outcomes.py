@@ -50,10 +50,10 @@ _FEATURES = (
     ("cart_peak_cells", lambda m, o, t1: kf.maximum(m.role("car_t")), True),
     ("t_cart_peak_d", lambda m, o, t1: kf.argmax(m.role("car_t")), False),
     ("cart_auc_cells_d", lambda m, o, t1: kf.auc(m.role("car_t")), True),
-    ("tumor_min_cells", lambda m, o, t1: kf.minimum(m.role("tumour")), True),
-    ("t_tumor_min_d", lambda m, o, t1: kf.argmin(m.role("tumour")), False),
-    ("tumor_response_day_cells", lambda m, o, t1: kf.value_at(m.role("tumour"), o.response_day), True),
-    ("tumor_end_cells", lambda m, o, t1: kf.value_at(m.role("tumour"), t1), True),
+    ("tumour_min_cells", lambda m, o, t1: kf.minimum(m.role("tumour")), True),
+    ("t_tumour_min_d", lambda m, o, t1: kf.argmin(m.role("tumour")), False),
+    ("tumour_response_day_cells", lambda m, o, t1: kf.value_at(m.role("tumour"), o.response_day), True),
+    ("tumour_end_cells", lambda m, o, t1: kf.value_at(m.role("tumour"), t1), True),
     ("t_rebound_d", lambda m, o, t1: kf.rebound(m.role("tumour"), o.relapse_fraction), False),
     ("cart_auc_d28_cells_d", lambda m, o, t1: kf.auc(m.role("car_t"), until=28.0), True),
     *((f"il6_d{day}_pg_ml", lambda m, o, t1, day=day: kf.value_at(m.role("il6"), day), False)
@@ -92,18 +92,18 @@ def crs_grade(il6_peak_pg_ml, thresholds_pg_ml):
     return np.where(np.isnan(peak), 0, grade).astype(np.int8)
 
 
-def outcome_columns(columns, tumor0_cells, outcomes):
+def outcome_columns(columns, tumour0_cells, outcomes):
     """Outcome columns from :func:`feature_columns` output and T0 (cells)."""
-    tumor0 = np.asarray(tumor0_cells, dtype=float)
-    response_level = outcomes.response_fraction * tumor0
+    tumour0 = np.asarray(tumour0_cells, dtype=float)
+    response_level = outcomes.response_fraction * tumour0
     with np.errstate(divide="ignore", invalid="ignore"):
-        best_log10 = np.log10(columns["tumor_min_cells"] / tumor0)
-    deep_response = columns["tumor_min_cells"] <= response_level
+        best_log10 = np.log10(columns["tumour_min_cells"] / tumour0)
+    deep_response = columns["tumour_min_cells"] <= response_level
     relapsed = deep_response & np.isfinite(columns["t_rebound_d"])
     grade = crs_grade(columns["il6_peak_pg_ml"], outcomes.crs_il6_thresholds_pg_ml)
     return {
-        "responded": columns["tumor_response_day_cells"] <= response_level,
-        "no_detectable_disease": (columns["tumor_response_day_cells"]
+        "responded": columns["tumour_response_day_cells"] <= response_level,
+        "no_detectable_disease": (columns["tumour_response_day_cells"]
                                   <= outcomes.no_detectable_disease_cells),
         "best_response_log10": best_log10,
         "relapsed": relapsed,

@@ -24,6 +24,7 @@ the files as they are; ``cartcohort query`` and ``cartcohort report`` first chec
 the run against its manifest (:func:`pipeline.store.check_run`).
 """
 from pathlib import Path
+import re
 
 import pandas as pd
 
@@ -152,9 +153,24 @@ def connect(run_dir):
     for dataset in (PATIENTS, TRAJECTORIES):
         if _parts(run, dataset):
             pattern = _sql_string((run / dataset).resolve() / _PARTS)
-            con.execute(f"CREATE VIEW {dataset} AS SELECT * FROM read_parquet({pattern}, "
-                        "hive_partitioning = true, hive_types = {'arm': VARCHAR})")
+            source = (f"read_parquet({pattern}, hive_partitioning = true, "
+                      "hive_types = {'arm': VARCHAR})")
+            names = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
+            aliases = "".join(f', "{name}" AS "{old_spelling(name)}"' for name in names
+                              if old_spelling(name) and old_spelling(name) not in names)
+            con.execute(f"CREATE VIEW {dataset} AS SELECT *{aliases} FROM {source}")
     return con
+
+
+# columns spelled "tumor" before this release; the views keep those names as
+# aliases for one release (the dataset schema in docs/dataset.md lists them)
+_RENAMED = re.compile(r"(t_)?tumour(0_cells|_min_cells|_min_d|_response_day_cells|_end_cells|"
+                      r"_end_[A-Za-z]+_cells|_d[0-9]+_cells)")
+
+
+def old_spelling(column):
+    """The "tumor" name a renamed column had before (None for the others)."""
+    return column.replace("tumour", "tumor", 1) if _RENAMED.fullmatch(column) else None
 
 
 def query(run_dir, sql):

@@ -179,7 +179,7 @@ def run_shard(scenario, shard_index):
             **({f"arm_param_{name}": params[:, model.parameter_index(name)]
                 for name in all_arm_parameters}),
             "debulking_factor": np.full(n, arm.debulking_factor),
-            "tumor0_cells": tumour0,
+            "tumour0_cells": tumour0,
             "dose_cells": dose,
             "il6_peak_predicted_pg_ml": dosing.predicted_il6_pg_ml,
             "dose_meets_target": dosing.meets_target,

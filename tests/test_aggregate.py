@@ -69,7 +69,7 @@ def _table():
         frames.append(pd.DataFrame({
             "patient_id": np.arange(n), "arm": arm, "status": np.where(np.arange(n) == 5, 3, 0),
             "responded": rng.random(n) < p, "severe_crs": rng.random(n) < 0.2,
-            "tumor0_cells": np.exp(rng.normal(23, 1, n))}))
+            "tumour0_cells": np.exp(rng.normal(23, 1, n))}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -97,7 +97,7 @@ def test_paired_differences_match_patients_by_id():
 
 def test_strata_split_every_arm_at_the_same_cut_points():
     table = _table()
-    strata = strata_rates(table, "tumor0_cells", ["responded"], n_strata=3)
+    strata = strata_rates(table, "tumour0_cells", ["responded"], n_strata=3)
     assert strata.stratum.nunique() == 3
     per_arm = strata.groupby("arm").n.sum()
     assert per_arm["fixed"] == 399 and per_arm["adaptive"] == 399

@@ -58,8 +58,8 @@ def test_burden_lowers_response_and_raises_severe_crs(dose_response):
     """Fixed 1e8 cells, tertiles of baseline burden: response at least 10 points
     lower and severe CRS at least 10 points higher in the top tertile."""
     arm = dose_response["dose_1e8"]
-    edges = np.quantile(arm["tumor0_cells"], [1 / 3, 2 / 3])
-    tertile = np.searchsorted(edges, arm["tumor0_cells"])
+    edges = np.quantile(arm["tumour0_cells"], [1 / 3, 2 / 3])
+    tertile = np.searchsorted(edges, arm["tumour0_cells"])
     low, high = tertile == 0, tertile == 2
     for response in ("no_detectable_disease", "responded"):
         assert arm[response][low].mean() - arm[response][high].mean() >= 0.10, response

@@ -119,7 +119,7 @@ def test_run_is_reproducible(small_config, small_run, tmp_path):
     again = run_200(small_config, tmp_path / "again")
     assert again.returncode == 0, again.stderr
     assert again.stdout == first.stdout
-    sql = ("SELECT arm, patient_id, status, il6_peak_pg_ml, tumor_end_cells, cart_auc_cells_d "
+    sql = ("SELECT arm, patient_id, status, il6_peak_pg_ml, tumour_end_cells, cart_auc_cells_d "
            "FROM patients ORDER BY arm, patient_id")
     rows = [cartcohort("query", "--csv", str(run), sql) for run in (first_dir, tmp_path / "again")]
     assert all(r.returncode == 0 for r in rows), [r.stderr for r in rows]

@@ -121,8 +121,8 @@ def test_extra_outcomes_thresholds(model):
     >= 0.1 cells/uL; the memory fraction is M / (E + M + X)."""
     persist = costim.PERSISTENCE_CELLS
     assert costim.blood_cells_per_ul(persist) == pytest.approx(0.1)
-    columns = {"tumor_d0_cells": np.array([1e10, 1e10, 2e9]),
-               "tumor_d90_cells": np.array([1e8, 1.01e8, 2e7]),
+    columns = {"tumour_d0_cells": np.array([1e10, 1e10, 2e9]),
+               "tumour_d90_cells": np.array([1e8, 1.01e8, 2e7]),
                "cart_d90_cells": np.array([persist, 0.99 * persist, 4e9]),
                "cart_memory_d90_cells": np.array([0.0, 1e5, 1e9])}
     out = model.extra_outcomes(columns, None)
@@ -161,7 +161,7 @@ def test_tumour_control_at_response_day_is_the_response(small_run):
     ok = patients[patients["status"] == 0]
     assert len(ok) == len(patients)
     np.testing.assert_array_equal(ok["tumour_control_d90"], ok["responded"])
-    np.testing.assert_allclose(ok["tumor_d0_cells"], ok["tumor0_cells"], rtol=1e-12)
+    np.testing.assert_allclose(ok["tumour_d0_cells"], ok["tumour0_cells"], rtol=1e-12)
 
 
 def test_section_writes_tables_and_plot(small_run, tmp_path):

@@ -193,7 +193,7 @@ def test_debulking_section_table(small_run, tmp_path):
             assert row[f"il6_peak_pg_ml_{name}"] == pytest.approx(np.percentile(peak, q), rel=1e-12)
         assert row["late_il6_peak"] == pytest.approx(np.mean(g["t_il6_peak_d"] > 28.0))
         assert row["effector_to_target_median"] == pytest.approx(
-            np.median(g["dose_cells"] / g["tumor0_cells"]), rel=1e-12)
+            np.median(g["dose_cells"] / g["tumour0_cells"]), rel=1e-12)
         for column in ("severe_crs", "responded", "no_detectable_disease", "durable_response"):
             events = int(g[column].sum())
             lower, upper = (float(b) for b in wilson_interval(events, len(g)))

@@ -22,13 +22,13 @@ def test_crs_grade_counts_thresholds_reached():
 def test_response_relapse_and_severity_rules():
     """Responder at the landmark, deep response then rebound -> relapse, severity."""
     columns = {
-        "tumor_response_day_cells": np.array([5e7, 2e8, 3e6]),
-        "tumor_min_cells": np.array([1e6, 2e8, 2e6]),
+        "tumour_response_day_cells": np.array([5e7, 2e8, 3e6]),
+        "tumour_min_cells": np.array([1e6, 2e8, 2e6]),
         "t_rebound_d": np.array([200.0, np.nan, 150.0]),
         "il6_peak_pg_ml": np.array([2500.0, 50.0, 600.0]),
     }
-    tumor0 = np.array([1e10, 1e10, 1e8])
-    out = outcome_columns(columns, tumor0, RULES)
+    tumour0 = np.array([1e10, 1e10, 1e8])
+    out = outcome_columns(columns, tumour0, RULES)
     assert out["responded"].tolist() == [True, False, False]     # 3e6 > 0.01 * 1e8
     assert out["relapsed"].tolist() == [True, False, False]      # patient 3 never fell to 1e6
     assert np.isnan(out["t_relapse_d"][1:]).all() and out["t_relapse_d"][0] == 200.0
@@ -42,13 +42,13 @@ def test_no_detectable_disease_is_absolute():
     large one that leaves more than 1e9 cells does not; NaN (a failed patient)
     is False."""
     columns = {
-        "tumor_response_day_cells": np.array([8e8, 5e9, 1e9, 1.1e9, np.nan]),
-        "tumor_min_cells": np.array([8e8, 5e9, 1e9, 1.1e9, np.nan]),
+        "tumour_response_day_cells": np.array([8e8, 5e9, 1e9, 1.1e9, np.nan]),
+        "tumour_min_cells": np.array([8e8, 5e9, 1e9, 1.1e9, np.nan]),
         "t_rebound_d": np.full(5, np.nan),
         "il6_peak_pg_ml": np.full(5, 10.0),
     }
-    tumor0 = np.array([1e9, 1e12, 1e10, 1e12, 1e10])
-    out = outcome_columns(columns, tumor0, RULES)
+    tumour0 = np.array([1e9, 1e12, 1e10, 1e12, 1e10])
+    out = outcome_columns(columns, tumour0, RULES)
     assert out["no_detectable_disease"].tolist() == [True, False, True, False, False]
     assert out["responded"].tolist() == [False, True, False, True, False]
     assert out["no_detectable_disease"].dtype == bool
@@ -79,11 +79,11 @@ def test_cart_features_in_cells_and_consistent():
     cols = feature_columns(model, sol.features, RULES, 365.0)
     assert list(cols)[:len(FEATURE_COLUMNS)] == list(FEATURE_COLUMNS)   # then the model's own
     assert (sol.status == 0).all()
-    assert np.all(cols["tumor_min_cells"] <= cols["tumor_response_day_cells"])
-    assert np.all(cols["tumor_min_cells"] <= 10.0 * 1e9)
+    assert np.all(cols["tumour_min_cells"] <= cols["tumour_response_day_cells"])
+    assert np.all(cols["tumour_min_cells"] <= 10.0 * 1e9)
     assert np.all(cols["cart_peak_cells"] >= 0.1 * 1e9)          # at least the dose
     rebound = np.isfinite(cols["t_rebound_d"])
-    fell_below = cols["tumor_min_cells"] < RULES.relapse_fraction * y0[:, 0] * 1e9
+    fell_below = cols["tumour_min_cells"] < RULES.relapse_fraction * y0[:, 0] * 1e9
     assert rebound.any() and np.all(fell_below[rebound])
     assert np.all((cols["t_rebound_d"][rebound] > 0) & (cols["t_rebound_d"][rebound] <= 365.0))
     out = outcome_columns(cols, y0[:, 0] * 1e9, RULES)

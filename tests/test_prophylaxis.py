@@ -41,7 +41,7 @@ def test_the_trigger_treats_exactly_the_patients_who_reach_the_threshold(arms):
     # the day given is no later than the untreated peak's day
     assert np.all(triggered["t_tocilizumab_d"][treated] <= none["t_il6_peak_d"][treated])
     # untreated patients are untouched, bit for bit
-    features = ["il6_peak_pg_ml", "cart_peak_cells", "tumor_end_cells", "n_steps"]
+    features = ["il6_peak_pg_ml", "cart_peak_cells", "tumour_end_cells", "n_steps"]
     assert np.array_equal(triggered.loc[~treated, features].to_numpy(),
                           none.loc[~treated, features].to_numpy())
     # treated patients' IL-6 stops rising as fast: a lower peak

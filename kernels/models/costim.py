@@ -74,10 +74,10 @@ Extra columns (:func:`extra_features`, :func:`extra_outcomes`), for each
 landmark day of ``LANDMARK_DAYS`` within the horizon (day 28: end of the
 first month; day 90: the month-3 response assessment; day 365: one year):
 ``cart_d28_cells`` (E + M + X), ``cart_memory_d28_cells`` (M),
-``tumor_d28_cells`` (T), and the outcomes
+``tumour_d28_cells`` (T), and the outcomes
 
 * ``tumour_control_d28``: T(28) <= TUMOUR_CONTROL_FRACTION x T(0) (the
-  baseline, column ``tumor_d0_cells``): the two-log criterion of the
+  baseline, column ``tumour_d0_cells``): the two-log criterion of the
   scenario's response (configs/costim.toml), read at another day;
 * ``cart_persisting_d28``: the blood level of all CAR T cells at day 28 >=
   PERSISTENCE_CELLS_PER_UL (0.1 cells/uL, the ZUMA-1 median at day 90, so
@@ -179,12 +179,12 @@ def landmark_days(horizon_days):
 def extra_features(outcomes, horizon_days):
     """Tumour at infusion; all CAR T, persisting CAR T and tumour at each landmark day."""
     car_t = dict.fromkeys(CAR_T, 1.0)
-    features = [("tumor_d0_cells", kf.value_at("T", 0.0), True)]
+    features = [("tumour_d0_cells", kf.value_at("T", 0.0), True)]
     for day in landmark_days(horizon_days):
         tag = _tag(day)
         features += [(f"cart_{tag}_cells", kf.value_at(car_t, day), True),
                      (f"cart_memory_{tag}_cells", kf.value_at("M", day), True),
-                     (f"tumor_{tag}_cells", kf.value_at("T", day), True)]
+                     (f"tumour_{tag}_cells", kf.value_at("T", day), True)]
     return features
 
 
@@ -192,10 +192,10 @@ def extra_outcomes(columns, params):
     """Tumour control, CAR T persistence and memory fraction at each landmark
     day that ``columns`` has (module docstring)."""
     extra = {}
-    baseline = np.asarray(columns["tumor_d0_cells"])
-    for tag in (_tag(day) for day in LANDMARK_DAYS if f"tumor_{_tag(day)}_cells" in columns):
+    baseline = np.asarray(columns["tumour_d0_cells"])
+    for tag in (_tag(day) for day in LANDMARK_DAYS if f"tumour_{_tag(day)}_cells" in columns):
         cart = np.asarray(columns[f"cart_{tag}_cells"])
-        extra[f"tumour_control_{tag}"] = (np.asarray(columns[f"tumor_{tag}_cells"])
+        extra[f"tumour_control_{tag}"] = (np.asarray(columns[f"tumour_{tag}_cells"])
                                           <= TUMOUR_CONTROL_FRACTION * baseline)
         extra[f"cart_persisting_{tag}"] = cart >= PERSISTENCE_CELLS
         extra[f"memory_fraction_{tag}"] = np.asarray(columns[f"cart_memory_{tag}_cells"]) / cart

@@ -216,7 +216,7 @@ def subclone_recognition(params):
     return np.column_stack([r_AB, r_A, r_B, np.zeros_like(r_AB)])
 
 
-END_COLUMNS = tuple(f"tumor_end_{name[2:]}_cells" for name in SUBCLONES)   # tumor_end_AB_cells ...
+END_COLUMNS = tuple(f"tumour_end_{name[2:]}_cells" for name in SUBCLONES)   # tumour_end_AB_cells ...
 NORMAL_MIN_COLUMNS = {"A": "normal_A_min_fraction", "B": "normal_B_min_fraction"}
 ESCAPE_SHARE = 0.5
 

@@ -42,9 +42,9 @@ def _log10(values):
 
 def margins(outcome, columns, outcomes):
     """log10 distance of each patient to the outcome's threshold (<= 0: event)."""
-    tumour = columns["tumor_response_day_cells"]
+    tumour = columns["tumour_response_day_cells"]
     if outcome == "responded":
-        return _log10(tumour) - _log10(outcomes.response_fraction * columns["tumor0_cells"])
+        return _log10(tumour) - _log10(outcomes.response_fraction * columns["tumour0_cells"])
     if outcome == "no_detectable_disease":
         return _log10(tumour) - np.log10(outcomes.no_detectable_disease_cells)
     threshold = outcomes.crs_il6_thresholds_pg_ml[outcomes.severe_crs_grade - 1]
@@ -101,7 +101,7 @@ def simulate(scenario):
 def _tertile_mask(columns, tertile):
     if tertile is None:
         return slice(None)
-    burden = columns["tumor0_cells"]
+    burden = columns["tumour0_cells"]
     edges = np.quantile(burden, [1 / 3, 2 / 3])
     index = np.searchsorted(edges, burden, side="left")   # 0, 1, 2; edges go low
     return index == tertile - 1

@@ -11,7 +11,7 @@ features are finite and positive (they enter on a log scale). Columns:
                    ``cart_peak_cells / dose_cells``
 ``A_auc28``        CAR T exposure to day 28 per infused cell,                days
                    ``cart_auc_d28_cells_d / dose_cells``
-``T0``             tumour at infusion, ``tumor0_cells``                      cells
+``T0``             tumour at infusion, ``tumour0_cells``                      cells
 early columns      ``il6_d1_pg_ml`` .. ``il6_d3_pg_ml`` (pg/mL) and
                    ``cart_d1_fold`` .. ``cart_d3_fold`` = ``cart_dN_cells /
                    dose_cells``: what a clinician can measure on days 1-3
@@ -68,13 +68,13 @@ _DERIVED = {
     "C_max": lambda p: p["cart_peak_cells"],
     "A_fold": lambda p: p["cart_peak_cells"] / p["dose_cells"],
     "A_auc28": lambda p: p["cart_auc_d28_cells_d"] / p["dose_cells"],
-    "T0": lambda p: p["tumor0_cells"],
+    "T0": lambda p: p["tumour0_cells"],
     **{name: (lambda p, c=column: p[c]) for name, column in _EARLY_IL6.items()},
     **{name: (lambda p, c=column: p[c] / p["dose_cells"]) for name, column in _EARLY_CART.items()},
 }
 FEATURES = tuple(_DERIVED)
 SOURCE_COLUMNS = ("patient_id", "arm", "status", "il6_peak_pg_ml", "cart_peak_cells",
-                  "dose_cells", "cart_auc_d28_cells_d", "tumor0_cells", *_EARLY_IL6.values(),
+                  "dose_cells", "cart_auc_d28_cells_d", "tumour0_cells", *_EARLY_IL6.values(),
                   *_EARLY_CART.values())
 
 # stream numbers of hash_uniform; early column j uses ASSAY_STREAM + j
