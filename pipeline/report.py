@@ -453,10 +453,12 @@ def plot_il6_vs_dose(patients, scenario, path, max_points=MAX_SCATTER_POINTS, se
 
 TUMOUR_FLOOR_CELLS = 1.0        # trajectory plots: nothing drawn below one tumour cell
 IL6_FLOOR_PG_ML = 0.1            # ... nor below 0.1 pg/mL of IL-6 (under any assay's limit)
+CART_FLOOR_CELLS = 1e3           # ... nor below 1e3 CAR T cells (whole body; far under a qPCR's limit)
 
 
 def _trajectory_quantities(model, columns):
-    """[(label, states summed, scale, axis floor)] for the tumour and IL-6 panels."""
+    """[(label, states summed, scale, axis floor)] for the tumour, CAR T and IL-6
+    panels (those whose states the trajectories hold)."""
     if model is not None:
         roles = model.roles
         units = {s.name: s.unit for s in model.states}
@@ -464,6 +466,9 @@ def _trajectory_quantities(model, columns):
         if "tumour" in roles and all(s in columns for s in roles["tumour"]):
             out.append(("tumour (cells)", roles["tumour"], model.cells_per_unit,
                         TUMOUR_FLOOR_CELLS))
+        if "car_t" in roles and all(s in columns for s in roles["car_t"]):
+            out.append(("CAR T (cells)", roles["car_t"], model.cells_per_unit,
+                        CART_FLOOR_CELLS))
         if "il6" in roles and all(s in columns for s in roles["il6"]):
             unit = units.get(roles["il6"][0], "pg/mL")
             out.append((f"IL-6 ({unit})", roles["il6"], 1.0, IL6_FLOOR_PG_ML))
@@ -477,10 +482,28 @@ def _trajectory_quantities(model, columns):
     return fallback
 
 
+def intervention_times(patients, scenario):
+    """{(arm, patient_id): [(intervention, day)]} from the ``t_<name>_d`` column
+    of each of the scenario's interventions (NaN: not given)."""
+    names = [] if scenario is None else list(dict.fromkeys(
+        i.name for arm in scenario.arms for i in arm.interventions))
+    events = {}
+    for name in names:
+        column = f"t_{name}_d"
+        if column not in patients:
+            continue
+        given = patients[np.isfinite(patients[column].to_numpy(float))]
+        for arm, pid, day in zip(given["arm"], given["patient_id"], given[column]):
+            events.setdefault((arm, pid), []).append((name, float(day)))
+    return events
+
+
 def plot_trajectories(trajectories, model, arms, path,
-                      per_arm=MAX_TRAJECTORIES_PER_ARM):
-    """Tumour and IL-6 against time for up to ``per_arm`` sampled patients per
-    arm (the same patients in every arm where possible, one colour each)."""
+                      per_arm=MAX_TRAJECTORIES_PER_ARM, events=None):
+    """Tumour, CAR T and IL-6 against time for up to ``per_arm`` sampled patients
+    per arm (the same patients in every arm where possible, one colour each).
+    ``events``: {(arm, patient_id): [(name, day)]}, the interventions that fired,
+    marked on every panel in the patient's colour (x)."""
     plt = pyplot()
     from matplotlib import colormaps
 
@@ -503,10 +526,16 @@ def plot_trajectories(trajectories, model, arms, path,
         for pid in chosen:
             one = data[data["patient_id"] == pid].sort_values("t_d")
             t = one["t_d"].to_numpy(float)
+            fired = (events or {}).get((arm, pid), [])
             for i, (_, states, scale, floor) in enumerate(quantities):
                 y = one[list(states)].to_numpy(float).sum(axis=1) * scale
                 axes[i, j].plot(t, np.where(y >= floor, y, np.nan),
                                 color=colour.get(pid, "grey"), linewidth=1.0, alpha=0.8)
+                for _, day in fired:
+                    at = np.interp(day, t, y) if t.size else np.nan
+                    if np.isfinite(at) and at >= floor:
+                        axes[i, j].plot([day], [at], marker="x", markersize=6, color=colour.get(
+                            pid, "grey"), linestyle="none")
         axes[0, j].set_title(f"{arm} ({len(chosen)} patients)")
         for i, (label, _, _, _) in enumerate(quantities):
             ax = axes[i, j]
@@ -521,9 +550,11 @@ def plot_trajectories(trajectories, model, arms, path,
                 ax.set_ylabel(label)
             if i == len(quantities) - 1:
                 ax.set_xlabel("days after infusion")
-    fig.suptitle("Sample trajectories (time axis linear to day 30, logarithmic after; "
-                 f"values below {TUMOUR_FLOOR_CELLS:g} tumour cell or "
-                 f"{IL6_FLOOR_PG_ML:g} pg/mL IL-6 not drawn)", fontsize=10)
+    names = sorted({name for fired in (events or {}).values() for name, _ in fired})
+    marks = f"; x: {', '.join(names)} given" if names else ""
+    fig.suptitle("Sample trajectories\n(time linear to day 30, logarithmic after; not drawn "
+                 f"below {TUMOUR_FLOOR_CELLS:g} tumour cell, {CART_FLOOR_CELLS:g} CAR T "
+                 f"cells, {IL6_FLOOR_PG_ML:g} pg/mL IL-6{marks})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -677,10 +708,12 @@ def _md_body(facts, summary, paired, strata, predictor, patients, policies, outc
                   "reference; \"reference only\": the reverse.", "",
                   _md_paired(paired, outcomes, labels), ""]
     else:
-        lines += ["Only one arm: no paired difference.", ""]
+        lines += ["No paired difference (a single arm, or no patient ok in both an arm and "
+                  "the reference).", ""]
 
-    lines += ["## Adaptive predictor", ""]
-    if len(predictor):
+    if len(predictor):                 # only where an arm has closed-form predictions
+        lines += ["## Adaptive predictor", ""]
+
         def ratio(r):
             return f"{r:.3f} (x{math.exp(r):.2f})" if math.isfinite(r) else "n/a"
 
@@ -693,8 +726,6 @@ def _md_body(facts, summary, paired, strata, predictor, patients, policies, outc
                   "whose prediction is not a positive finite number, left out of r.", "",
                   md_table(["arm", "n", "median r", "90th percentile r",
                              "within 2x", "not positive"], rows), ""]
-    else:
-        lines += ["No adaptive arm in this run (no predicted peak IL-6).", ""]
 
     lines += ["## Doses", "", "CAR T cells per patient (all patients).", ""]
     rows = []
@@ -796,13 +827,18 @@ def build_report(run_dir):
         plot_rates(summary, paths["rates"],
                    f"{name}: rates per arm ({n_patients:,} patients, status ok counted)",
                    outcome_labels(scenario))
-        plot_doses(patients, policies, scenario, paths["adaptive_doses"])
-        plot_il6_vs_dose(patients, scenario, paths["il6_vs_dose"])
-        written.update({key: paths[key] for key in ("rates", "adaptive_doses", "il6_vs_dose")})
+        written["rates"] = paths["rates"]
+        doses = patients["dose_cells"].to_numpy(float)
+        if any(np.ptp(doses[(patients["arm"] == arm).to_numpy()]) > 0 for arm in arms):
+            plot_doses(patients, policies, scenario, paths["adaptive_doses"])
+            written["adaptive_doses"] = paths["adaptive_doses"]
+        if np.unique(doses[np.isfinite(doses)]).size > 1:
+            plot_il6_vs_dose(patients, scenario, paths["il6_vs_dose"])
+            written["il6_vs_dose"] = paths["il6_vs_dose"]
         if has_trajectories(run):
             plot_trajectories(open_trajectories(run),
                               _model(model_name) if model_name else None, arms,
-                              paths["trajectories"])
+                              paths["trajectories"], events=intervention_times(patients, scenario))
             written["trajectories"] = paths["trajectories"]
         else:
             note = ("Not drawn: this run has no trajectories dataset (`trajectories/`); "

@@ -78,20 +78,20 @@ def _patients(arm, shard, ids, rng_base):
     frame = pd.DataFrame({
         "patient_id": ids.astype(np.int64), "shard": np.full(n, shard, np.int32),
         "tumour_burden_cells": burden, "weight_kg": weight, **params,
-        "debulking_factor": np.ones(n), "tumor0_cells": burden, "dose_cells": dose,
+        "debulking_factor": np.ones(n), "tumour0_cells": burden, "dose_cells": dose,
         "il6_peak_predicted_pg_ml": predicted, "il6_peak_pg_ml": il6,
         "t_il6_peak_d": 6.0 + noise.random(n), "cart_peak_cells": dose * 50.0,
         "t_cart_peak_d": 9.0 + noise.random(n), "cart_auc_cells_d": dose * 400.0,
-        "tumor_min_cells": burden * 1e-3, "t_tumor_min_d": 30.0 + noise.random(n),
-        "tumor_response_day_cells": np.where(responded, burden * 1e-3, burden * 0.5),
-        "tumor_end_cells": burden * 1e-2, "t_rebound_d": np.where(relapsed, 120.0, np.nan),
+        "tumour_min_cells": burden * 1e-3, "t_tumour_min_d": 30.0 + noise.random(n),
+        "tumour_response_day_cells": np.where(responded, burden * 1e-3, burden * 0.5),
+        "tumour_end_cells": burden * 1e-2, "t_rebound_d": np.where(relapsed, 120.0, np.nan),
         "responded": responded, "best_response_log10": -3.0 + noise.random(n),
         "no_detectable_disease": np.where(responded, burden * 1e-3, burden * 0.5) <= 1e9,
         "relapsed": relapsed, "t_relapse_d": np.where(relapsed, 150.0, np.nan),
         "crs_grade": grade, "severe_crs": grade >= 3, "status": status,
         "n_steps": np.full(n, 500, np.int64)})
     failed = status != 0
-    for column in ("il6_peak_pg_ml", "cart_peak_cells", "tumor_end_cells"):
+    for column in ("il6_peak_pg_ml", "cart_peak_cells", "tumour_end_cells"):
         frame.loc[failed, column] = nan[failed]
     frame.loc[failed, ["responded", "no_detectable_disease", "relapsed", "severe_crs"]] = False
     return frame

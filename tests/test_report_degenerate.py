@@ -70,3 +70,7 @@ def test_a_single_patient_run_has_a_report(tmp_path):
     assert "No strata (fewer than two distinct finite baseline tumour burdens)." in text
     assert {"rates", "trajectories"} <= set(files)
     assert "| low | fixed | 1 |" in text
+    # two fixed arms: the dose varies between arms (peak IL-6 vs dose drawn) but
+    # within none (no dose distribution), and no arm has predictions
+    assert "il6_vs_dose" in files and "adaptive_doses" not in files
+    assert "## Adaptive predictor" not in text
