@@ -1,7 +1,6 @@
 """The ``cartcohort`` command.
 
     cartcohort models                 the model library: states and parameters
-    cartcohort demo [--patients N]    simulate a demo cohort of the cart model
     cartcohort run CONFIG [--out DIR] [--patients N] [--shard-size N] [--seed S]
                    [--workers N] [--resume] [--no-report]
                                       run a scenario on a local Dask cluster
@@ -60,11 +59,26 @@ _positive_int = _integer_at_least(1, "positive integer")
 _seed = _integer_at_least(0, "non-negative integer")
 
 
+def _erase_status():
+    """What erases a transient status line on a terminal stderr ("" elsewhere)."""
+    return "\r\x1b[K" if sys.stderr.isatty() else ""
+
+
+def _version():
+    from importlib import metadata
+
+    try:
+        return metadata.version("cartcohort")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser():
-    # no import of pipeline.demo (nor kernels) here: the model library takes seconds
+    # no import of kernels (nor pipeline.shard) here: the model library takes seconds
     # to load, and commands such as verify and query never need it
     parser = _Parser(prog="cartcohort",
                      description="Virtual-cohort simulation of CAR T cell therapy.")
+    parser.add_argument("--version", action="version", version=f"cartcohort {_version()}")
     parser.add_argument("--debug", action="store_true",
                         help="on an error, show the Python traceback after the one-line message")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -72,22 +86,11 @@ def build_parser():
     models = commands.add_parser(
         "models", help="list the models with their states and parameters",
         description="List the model library: each model's states (name, unit) and "
-                    "parameters (name, unit, typical value, between-patient sd of log, source).")
+                    "parameters (name, unit, typical value, between-patient sd of log, source). "
+                    "With NAME: that model only, with its equations.")
+    models.add_argument("name", nargs="?", metavar="NAME",
+                        help="one model (e.g. cart2): also print its equations")
     models.set_defaults(handler=cmd_models)
-
-    demo = commands.add_parser(
-        "demo", help="simulate a demo cohort of the cart model and summarise it",
-        description="Sample a virtual cohort of the reference cart model (log-normal "
-                    "parameters, one 1e8-cell CAR T dose at day 0), integrate it for 365 "
-                    "days with the batched kernel and print a cohort summary. Progress "
-                    "and timing go to stderr.")
-    demo.add_argument("--patients", type=_positive_int, default=10_000, metavar="N",
-                      help="number of virtual patients (default: %(default)s)")
-    demo.add_argument("--seed", type=_seed, default=None, metavar="S",
-                      help="random seed of the cohort (default: pipeline.demo.DEFAULT_SEED)")
-    demo.add_argument("--threads", type=_positive_int, default=None, metavar="T",
-                      help="Numba threads (default: Numba's default, one per core)")
-    demo.set_defaults(handler=cmd_demo)
 
     run = commands.add_parser(
         "run", help="run a scenario: every arm on the same virtual patients",
@@ -223,17 +226,26 @@ def build_parser():
     _add_risk(commands)
 
     fit = commands.add_parser(
-        "fit", help="fit a model to longitudinal data (individual WLS or population SAEM)",
-        description="Fit a structural model (stein, stein_ode, costim, cart) to a "
+        "fit",
+        help="fit a model to longitudinal data: population SAEM with individual estimates",
+        description="Fit a structural model (stein, stein_ode or a kernel model; an unknown "
+                    "--model lists them) to a "
                     "long-format data file (CSV or Parquet: id, time, name, value, "
                     "optional blq, evid/amount dose records and covariate columns) as "
                     "FIT.toml describes (pipeline/estimate/fitconfig.py): population NLME "
-                    "by SAEM with standard errors, individual estimates, -2LL by importance "
-                    "sampling. Writes estimates.csv, omega.csv, individual.csv, summary.md, "
-                    "goodness-of-fit and VPC plots and cohort.toml (the fitted population "
-                    "as a scenario's [cohort] tables) into DIR.")
-    fit.add_argument("data", metavar="DATA", help="data file (.csv or .parquet)")
-    fit.add_argument("--model", required=True, help="structural model name")
+                    "by SAEM with standard errors, individual estimates (conditional "
+                    "modes, EBEs), -2LL by importance sampling. Observations of names the "
+                    "model does not predict are ignored, and one line on stderr names them. "
+                    "Writes estimates.csv, omega.csv, individual.csv, summary.md, "
+                    "goodness-of-fit, VPC and convergence plots and cohort.toml (the fitted "
+                    "population as a scenario's [cohort] tables) into DIR. Estimates with "
+                    "an RSE above the limit summary.md states (or no SE) are flagged on stderr and in "
+                    "summary.md and left out of cohort.toml. (Individual fits without a population "
+                    "model are pipeline.estimate.individual.fit_individuals, not a command.)")
+    fit.add_argument("data", metavar="DATA", help="data file (.csv, .parquet or .pq)")
+    fit.add_argument("--model", required=True,
+                     help="structural model: stein (closed form), stein_ode, or a kernel model "
+                          "of `cartcohort models` (an unknown name lists the choices)")
     fit.add_argument("--config", metavar="FIT.toml", required=True, help="fit settings")
     fit.add_argument("--out", metavar="DIR", required=True, help="output directory")
     fit.set_defaults(handler=cmd_fit)
@@ -245,7 +257,8 @@ def build_parser():
                     "days with measurement error and write the long-format data file that "
                     "`cartcohort fit` reads (CSV or Parquet by the suffix of --out).")
     simulate.add_argument("config", metavar="SCENARIO", help="scenario file (TOML)")
-    simulate.add_argument("--out", metavar="FILE", required=True, help="data file (.csv, .parquet)")
+    simulate.add_argument("--out", metavar="FILE", required=True,
+                          help="data file (.csv, .parquet or .pq; another suffix is refused)")
     simulate.add_argument("--days", type=_numbers, required=True, metavar="D1,D2,...",
                           help="sampling days after the infusion, e.g. 1,3,7,14,28,90,180,365")
     simulate.add_argument("--error", choices=("additive", "proportional", "lognormal"),
@@ -402,8 +415,14 @@ def _variants(factory):
 def cmd_models(args, out):
     from kernels.models import MODELS
 
+    if args.name is not None and args.name not in MODELS:
+        raise ValueError(f"no model {args.name!r}; models are {', '.join(MODELS)}")
     blocks = []
     for key, factory in MODELS.items():
+        if args.name is not None and key != args.name:
+            continue
+        if args.name is not None:
+            blocks.append(inspect.getdoc(inspect.getmodule(factory)) or "")
         for options in _variants(factory):
             model = factory(**options)
             call = ", ".join(f"{k}={v!r}" for k, v in options.items())
@@ -419,71 +438,13 @@ def cmd_models(args, out):
     return 0
 
 
-def _fmt(value):
-    return "nan" if not math.isfinite(value) else f"{value:.4g}"
-
-
-def cmd_demo(args, out):
-    import numba
-
-    from pipeline import demo
-
-    if args.threads is not None and args.threads > numba.config.NUMBA_NUM_THREADS:
-        raise ValueError(f"--threads {args.threads}: at most {numba.config.NUMBA_NUM_THREADS} "
-                         "(NUMBA_NUM_THREADS) on this machine")
-    err = sys.stderr
-    n = args.patients
-    if args.seed is None:
-        args.seed = demo.DEFAULT_SEED
-    threads = args.threads if args.threads is not None else numba.get_num_threads()
-
-    begin = time.perf_counter()
-    problem = demo.cart_cohort(n, args.seed)
-    print(f"sampled {n} patients (seed {args.seed}) in {time.perf_counter() - begin:.2f} s",
-          file=err, flush=True)
-
-    # A one-patient solve first: it compiles the kernel (about 30 s on a cold disk
-    # cache) or loads it, so the throughput below is integration only.
-    print("preparing the kernel (compiles once, then loads from the disk cache) ...",
-          file=err, flush=True)
-    begin = time.perf_counter()
-    problem.solve(threads=1, start=0, stop=1)
-    print(f"kernel ready in {time.perf_counter() - begin:.2f} s", file=err, flush=True)
-
-    def progress(done, total, seconds):
-        print(f"integrated {done}/{total} patients, {seconds:.2f} s", file=err, flush=True)
-
-    print(f"integrating {n} patients over {demo.T_END:g} days on {threads} thread(s) ...",
-          file=err, flush=True)
-    piece = max(10_000, -(-n // 20))
-    feats, status, _, seconds = demo.run(problem, threads=threads, piece=piece, progress=progress)
-    summary = demo.summarise(problem, feats, status)
-
-    lines = [f"cartcohort demo: model cart, {demo.T_END:g} days, one dose of "
-             f"{demo.DOSE * demo.CELLS_PER_UNIT:.0e} CAR T cells at day 0, "
-             f"rtol {demo.RTOL:g}, atol {demo.ATOL:g}, seed {args.seed}",
-             "",
-             f"{'patients':<34}{summary['patients']:>12}"]
-    for name, count in summary["status"].items():
-        lines.append(f"{'status ' + name:<34}{count:>12}")
-    lines += ["", f"{'feature (ok patients)':<34}{'median':>12}{'p10':>12}{'p90':>12}"]
-    for label, (p50, p10, p90) in summary["rows"]:
-        lines.append(f"{label:<34}{_fmt(p50):>12}{_fmt(p10):>12}{_fmt(p90):>12}")
-    ok, responders = summary["ok"], summary["responders"]
-    share = f"{100.0 * responders / ok:.1f}%" if ok else "n/a"
-    lines += ["",
-              "crude response indicator (not a clinical response criterion):",
-              f"  tumour at day 28 below 1% of baseline T0: {share} ({responders}/{ok} ok patients)",
-              "",
-              f"throughput: {n / seconds:,.0f} patients/s ({seconds:.2f} s of integration, "
-              f"{threads} thread(s))"]
-    print("\n".join(lines), file=out)
-    return 0
-
-
 def cmd_validate(args, out):
     from pipeline.config import load_scenario
+    from pipeline.estimate.fitconfig import is_fit_config
 
+    if is_fit_config(args.config):
+        raise ValueError(f"{args.config}: this is a fit configuration (for cartcohort fit "
+                         f"--config), not a scenario")
     s = load_scenario(args.config)
     rows = [("scenario", f"{s.name} ({s.source_path})"),
             ("model", s.model),
@@ -503,6 +464,10 @@ def cmd_run(args, out):
     from pipeline.runlock import RunLock
     from pipeline.store import lock_for_run
 
+    if sys.stderr.isatty():     # a first line at once (the imports take seconds), erased
+        sys.stderr.write(f"cartcohort {_version()}: loading {args.config} and the model "
+                         f"library ...\r")
+        sys.stderr.flush()
     # a directory cartcohort has locked before is locked first, before the seconds
     # the model library takes to load: a run still writing there is named at once
     early = (RunLock(args.out).acquire()
@@ -519,7 +484,7 @@ def cmd_run(args, out):
         run_dir = Path(args.out or scenario.run_dir)
         # the directory and its lock before the cluster: a refused run starts none
         with lock_for_run(run_dir, scenario, args.resume, lock=early) as lock:
-            print(f"running {scenario.name}: {scenario.patients:,} patients x "
+            print(f"{_erase_status()}running {scenario.name}: {scenario.patients:,} patients x "
                   f"{len(scenario.arms)} arms in {scenario.n_shards} shard(s)",
                   file=sys.stderr)
             with clusters.client_for(args.cluster, scenario, args) as client:
@@ -661,7 +626,9 @@ def cmd_calibrate(args, out):
 
 
 def cmd_simulate_data(args, out):
-    from pipeline.estimate.data import write_dataset
+    from pipeline.estimate.data import check_data_path, write_dataset
+
+    check_data_path(args.out)              # before the seconds of sampling and solving
     from pipeline.estimate.simulate import simulate_from_scenario
 
     observations = tuple(v.strip() for v in args.observations.split(",") if v.strip())
@@ -759,7 +726,7 @@ def main(argv=None):
             message = os_error_line(exc)
         else:
             message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"cartcohort {args.command}: error: {message}", file=sys.stderr)
+        print(f"{_erase_status()}cartcohort {args.command}: error: {message}", file=sys.stderr)
         if args.debug:
             traceback.print_exc()
         return 2

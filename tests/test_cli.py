@@ -151,6 +151,50 @@ def test_help(args):
     assert "usage: cartcohort" in result.stdout
 
 
+def test_version():
+    result = cartcohort("--version")
+    assert result.returncode == 0 and re.fullmatch(r"cartcohort \S+\n", result.stdout)
+
+
+_COMMANDS_PROBE = """
+import argparse, json
+from pipeline.cli import build_parser
+def commands(p, prefix):
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield prefix + [name]
+                yield from commands(sub, prefix + [name])
+print(json.dumps([[]] + list(commands(build_parser(), []))))
+"""
+_HELP_PROBE = """
+import contextlib, io, json, sys
+from pipeline.cli import main
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    main(sys.argv[1:] + ["--help"])
+print(json.dumps(sorted(m for m in ("numba", "kernels", "pandas", "dask", "distributed")
+                        if m in sys.modules)))
+"""
+
+
+def test_every_help_loads_neither_numba_nor_the_models():
+    """--help of the program and of every command (and risk action), each in a
+    fresh interpreter, imports no Numba, kernels, pandas or Dask: what keeps it
+    fast (timed in no unit test)."""
+    import json
+
+    def probe(code, *argv):
+        result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True,
+                                text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    commands = probe(_COMMANDS_PROBE)
+    assert len(commands) > 10
+    heavy = {" ".join(argv): probe(_HELP_PROBE, *argv) for argv in commands}
+    assert {command: loaded for command, loaded in heavy.items() if loaded} == {}
+
+
 # -- simulate-data, fit, risk ----------------------------------------------------
 
 def test_simulate_data_writes_a_dataset_the_fitter_reads(tmp_path):

@@ -41,6 +41,7 @@ import pandas as pd
 REQUIRED = ("id", "time", "name", "value")
 OPTIONAL = ("blq", "evid", "amount")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+SUFFIXES = (".csv",) + PARQUET_SUFFIXES        # what write_dataset writes
 
 
 class DataError(ValueError):
@@ -172,6 +173,29 @@ def require_positive(dataset, why):
         raise dataset.error(m, "value", f"must be > 0 for {why}, got {_show(dataset.value[m])}")
 
 
+def keep_names(dataset, names):
+    """(the Dataset of the observations whose name is among ``names``, {other
+    name: observation rows left out}, in order of first appearance).
+    Individuals left with no observation are left out too, with their doses
+    and covariates; with no other name the dataset itself comes back."""
+    keep = np.isin(dataset.name, list(names))
+    other, first, counts = np.unique(dataset.name[~keep].astype(str), return_index=True,
+                                     return_counts=True)
+    left_out = {str(other[k]): int(counts[k]) for k in np.argsort(first)}
+    if not left_out:
+        return dataset, {}
+    kept = np.unique(dataset.individual[keep])
+    index = np.full(dataset.n_individuals, -1, dtype=np.int64)
+    index[kept] = np.arange(kept.size)
+    doses = np.isin(dataset.dose_individual, kept)
+    return make_dataset(
+        dataset.ids[kept], index[dataset.individual[keep]], dataset.time[keep],
+        dataset.name[keep], dataset.value[keep], dataset.blq[keep],
+        index[dataset.dose_individual[doses]], dataset.dose_time[doses],
+        dataset.dose_amount[doses], {k: v[kept] for k, v in dataset.covariates.items()},
+        None if dataset.rows is None else dataset.rows[keep], dataset.source), left_out
+
+
 def require_names(dataset, names, model_name):
     """DataError at the first observation whose name is not among ``names``."""
     bad = np.flatnonzero(~np.isin(dataset.name, list(names)))
@@ -185,6 +209,14 @@ def require_names(dataset, names, model_name):
 
 def _is_parquet(path):
     return Path(path).suffix.lower() in PARQUET_SUFFIXES
+
+
+def check_data_path(path):
+    """DataError unless ``path`` ends in a data file suffix (:data:`SUFFIXES`)."""
+    suffix = Path(path).suffix
+    if suffix.lower() not in SUFFIXES:
+        raise DataError(str(path), f"unknown data file type {suffix or '(no suffix)'!r}; "
+                                   f"data files are {', '.join(SUFFIXES)}")
 
 
 def _load_table(path, source):
@@ -401,7 +433,9 @@ def to_frame(dataset):
 
 def write_dataset(dataset, path):
     """Write a Dataset as CSV or Parquet (by the suffix) in the format
-    :func:`read_dataset` reads; missing cells are empty."""
+    :func:`read_dataset` reads; missing cells are empty. Another suffix is a
+    DataError (:func:`check_data_path`)."""
+    check_data_path(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frame = to_frame(dataset)

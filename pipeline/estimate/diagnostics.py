@@ -19,7 +19,14 @@ Censored rows count at their limit of quantification, and simulated values
 below the limit of their observation name (the median limit of its censored
 rows) are set to it, so both sides are censored alike; the fraction
 censored per bin is then plotted against its simulated range too.
+
+Simulated values that are not finite (an individual drawn beyond a
+parameter's bound, e.g. Stein's FB >= 1, a parameter overflowing exp(phi), a
+failed solve) are left out: NPDs, percentiles, bands and censored fractions
+come from the finite values, and :func:`nonfinite_note` says in one line how
+many there were and why (``Diagnostics.nonfinite``).
 """
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +45,9 @@ DEFAULT_BINS = 10
 class Diagnostics:
     """Per observation row: ``pred``, ``ipred``, ``iwres``, ``npd`` (NaN on
     censored rows); ``simulated`` float64[S, M] replicates of the data, censored
-    like the data; ``limits`` {name: limit of quantification or None}."""
+    like the data; ``limits`` {name: limit of quantification or None};
+    ``nonfinite`` :func:`nonfinite_note` of the replicates (None when every
+    value is finite)."""
 
     pred: np.ndarray
     ipred: np.ndarray
@@ -46,6 +55,7 @@ class Diagnostics:
     npd: np.ndarray
     simulated: np.ndarray
     limits: dict
+    nonfinite: str = None
 
 
 def _limits(observations):
@@ -63,12 +73,44 @@ def censor(values, observations, limits):
 
 
 def npd(observed, simulated, censored):
-    """Normalised prediction discrepancies (module docstring); NaN where censored."""
-    s = simulated.shape[0]
-    below = ((simulated < observed[None]).mean(axis=0)
-             + 0.5 * (simulated == observed[None]).mean(axis=0))
-    pd = np.clip(below, 0.5 / s, 1 - 0.5 / s)
-    return np.where(censored, np.nan, ndtri(pd))
+    """Normalised prediction discrepancies (module docstring) over the S finite
+    replicates of each row; NaN where censored or no replicate is finite."""
+    s = np.isfinite(simulated).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        below = (((simulated < observed[None]).sum(axis=0)
+                  + 0.5 * (simulated == observed[None]).sum(axis=0)) / s)
+        pd = np.clip(below, 0.5 / s, 1 - 0.5 / s)
+    return np.where(censored | (s == 0), np.nan, ndtri(pd))
+
+
+def nonfinite_note(many, phi, simulated):
+    """One line: how many simulated values [S, M] are not finite, in how many
+    simulated individuals and replicates, and why: per individual (of
+    ``many``, the replicated observations, with log parameters ``phi``) a
+    parameter at or beyond the structural model's ``upper`` bound (predicted
+    NaN by design), a parameter overflowing exp(phi), else a failed
+    prediction (a failed solve). None when every value is finite."""
+    bad = ~np.isfinite(simulated)
+    if not bad.any():
+        return None
+    individuals = np.unique(many.data.individual[bad.ravel()])
+    theta = many.theta(phi[individuals])
+    structural = many.structural
+    left = np.ones(individuals.size, bool)
+    reasons = []
+    for name, bound in getattr(structural, "upper", {}).items():
+        hit = left & ~(theta[:, structural.parameter_names.index(name)] < bound)
+        reasons.append((int(hit.sum()), f"{name} >= {bound:g} (beyond the model's bound)"))
+        left &= ~hit
+    hit = left & ~np.isfinite(theta).all(axis=1)
+    reasons.append((int(hit.sum()), "a parameter overflowing exp(phi)"))
+    left &= ~hit
+    reasons.append((int(left.sum()), "a failed prediction (e.g. a failed solve)"))
+    why = ", ".join(f"{count:,} with {what}" for count, what in reasons if count)
+    return (f"VPC: {int(bad.sum()):,} of {bad.size:,} simulated values are not finite, in "
+            f"{individuals.size:,} of {many.n_individuals:,} simulated individuals and "
+            f"{int(bad.any(axis=1).sum()):,} of {bad.shape[0]:,} replicates ({why}); "
+            f"NPDs and VPC bands use the finite values")
 
 
 def diagnose(result, simulations, rng):
@@ -81,11 +123,11 @@ def diagnose(result, simulations, rng):
     iwres = np.where(data.blq, np.nan, weighted_residuals(
         observations.residual, data.value, ipred, observations.sigma_rows(result.sigma)))
     limits = _limits(observations)
-    simulated = censor(observations.simulate_population(population, result.omega,
-                                                        result.sigma, simulations, rng),
-                       observations, limits)
+    many, phi = observations.sample_population(population, result.omega, simulations, rng)
+    raw = many.simulate(many.predict(phi), result.sigma, rng).reshape(simulations, -1)
+    simulated = censor(raw, observations, limits)
     return Diagnostics(pred, ipred, iwres, npd(data.value, simulated, data.blq), simulated,
-                       limits)
+                       limits, nonfinite_note(many, phi, raw))
 
 
 def time_bins(time, bins):
@@ -117,8 +159,21 @@ class VpcBins:
     censored_band: np.ndarray = None
 
 
+def _finite_fraction_below(values, limit):
+    """Per row of values[S, R]: the fraction of its finite values <= limit."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (values <= limit).sum(axis=1) / np.isfinite(values).sum(axis=1)
+
+
 def vpc_bins(result, diagnostics, bins):
-    """[:class:`VpcBins`] per observation name."""
+    """[:class:`VpcBins`] per observation name, from the finite simulated
+    values (np.nanpercentile; a bin with no finite value stays NaN)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)       # all-NaN slices
+        return _vpc_bins(result, diagnostics, bins)
+
+
+def _vpc_bins(result, diagnostics, bins):
     observations = result.observations
     data = observations.data
     out = []
@@ -132,17 +187,17 @@ def vpc_bins(result, diagnostics, bins):
             here = index == b
             if here.any():
                 obs_pct[:, b] = np.percentile(observed[here], PERCENTILES)
-                sim_pct[:, b] = np.percentile(simulated[:, here], PERCENTILES, axis=1)
+                sim_pct[:, b] = np.nanpercentile(simulated[:, here], PERCENTILES, axis=1)
         limit = diagnostics.limits[name]
         censored = censored_band = None
         if limit is not None:
-            fractions = np.array([(simulated[:, index == b] <= limit).mean(axis=1)
+            fractions = np.array([_finite_fraction_below(simulated[:, index == b], limit)
                                   for b in range(times.size)])
             censored = np.array([data.blq[rows][index == b].mean() for b in range(times.size)])
-            censored_band = np.percentile(fractions, BAND, axis=1).T
+            censored_band = np.nanpercentile(fractions, BAND, axis=1).T
         out.append(VpcBins(name, times, obs_pct,
-                           np.moveaxis(np.percentile(sim_pct, BAND, axis=2), 0, 2),
-                           np.median(sim_pct, axis=2), censored, censored_band))
+                           np.moveaxis(np.nanpercentile(sim_pct, BAND, axis=2), 0, 2),
+                           np.nanmedian(sim_pct, axis=2), censored, censored_band))
     return out
 
 

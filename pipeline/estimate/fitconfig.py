@@ -3,7 +3,8 @@ any compute.
 
 ``load_fit_config(path, parameter_names=None)`` returns a frozen
 :class:`FitConfig`; ``check_covariates(config, dataset)`` checks the covariate
-effects against a dataset. Problems raise :class:`pipeline.config.ConfigError`,
+effects against a dataset; ``is_fit_config(path)`` tells a FIT.toml from a
+scenario file. Problems raise :class:`pipeline.config.ConfigError`,
 one line naming the file and the key path, as scenario files do::
 
     fit.toml: parameters.foldx.initial: must be > 0, got -3.0
@@ -201,6 +202,18 @@ def fit_config_from_text(text, source="<string>", parameter_names=None, typical=
 def load_fit_config(path, parameter_names=None, typical=None):
     """Read and validate a FIT.toml file (see :func:`fit_config_from_text`)."""
     return fit_config_from_text(read_text(path), str(path), parameter_names, typical)
+
+
+def is_fit_config(path):
+    """True when the TOML file at ``path`` has the shape of FIT.toml: a
+    [parameters] table, no [scenario] table and only FIT.toml's top-level
+    keys (what ``cartcohort validate`` tells apart from a scenario). A file
+    that cannot be read or parsed is not one (its reader says why)."""
+    try:
+        table = _parse(read_text(path), str(path))
+    except ConfigError:
+        return False
+    return "parameters" in table and "scenario" not in table and set(table) <= set(_TOP)
 
 
 def check_covariates(config, dataset):

@@ -146,10 +146,15 @@ class Observations:
         """float64[copies, M]: ``copies`` replicates of the observations of new
         individuals phi_i = population_i + eta_i, eta_i ~ N(0, omega), at this
         dataset's rows (one batched prediction); no censoring."""
+        many, phi = self.sample_population(population, omega, copies, rng)
+        return many.simulate(many.predict(phi), sigma, rng).reshape(copies, -1)
+
+    def sample_population(self, population, omega, copies, rng):
+        """(these observations replicated ``copies`` times, phi[copies * N, P]):
+        new individuals phi_i = population_i + eta_i, eta_i ~ N(0, omega)."""
         many = self.replicated(copies)
         mean = np.tile(population, (copies, 1))
-        phi = mean + rng.standard_normal(mean.shape) @ np.linalg.cholesky(omega).T
-        return many.simulate(many.predict(phi), sigma, rng).reshape(copies, -1)
+        return many, mean + rng.standard_normal(mean.shape) @ np.linalg.cholesky(omega).T
 
 
 def truncated_standard_normal(upper, rng):

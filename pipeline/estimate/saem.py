@@ -122,7 +122,8 @@ class FitResult:
     and ``conditional_cov`` [N, P, P] of phi_i given y_i; ``mode`` [N, P] the
     conditional modes of phi_i (the EBEs); ``m2ll`` the -2 log-likelihood by
     importance sampling with its Monte Carlo standard error ``m2ll_se``;
-    ``history`` {label: float64[K1 + K2]} of coef, Omega diagonal and sigma.
+    ``history`` {label: float64[K1 + K2]} of coef, Omega diagonal and sigma;
+    ``information`` the observed Fisher information I (``labels`` order).
     """
 
     spec: PopulationSpec
@@ -143,6 +144,7 @@ class FitResult:
     history: dict
     acceptance: np.ndarray
     seconds: float
+    information: np.ndarray = None      # the observed Fisher information, ``labels`` order
 
     @property
     def parameters(self):
@@ -409,4 +411,5 @@ def fit(structural, data, spec, settings=SaemSettings()):
               + tuple(f"sigma2_{g}" for g in observations.names))
     return FitResult(spec, settings, design, observations, coef, omega, sigma, pairs,
                      _covariance_of_estimates(information), labels, mean, cov, mode,
-                     m2ll, m2ll_se, history, acceptance, time.perf_counter() - started)
+                     m2ll, m2ll_se, history, acceptance, time.perf_counter() - started,
+                     information)
