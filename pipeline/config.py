@@ -32,7 +32,7 @@ Keys (``required`` or the default; units are in the key names)
     rtol             number in (0, 1), default 1e-6; integrator relative tolerance
     atol             number > 0, default 1e-9; absolute tolerance, in model units (0
                      fails every patient: the tumour and CAR T states decay to 0)
-    max_steps        int >= 1, default 100000; accepted steps per patient
+    max_steps        int >= 1, default 100000; attempted steps (accepted + rejected) per patient
 
 [cohort.parameters.<parameter>]   one optional table per model parameter
     typical          number > 0, default the model's typical value, model units
