@@ -536,7 +536,7 @@ def plot_trajectories(trajectories, model, arms, path,
                     if np.isfinite(at) and at >= floor:
                         axes[i, j].plot([day], [at], marker="x", markersize=6, color=colour.get(
                             pid, "grey"), linestyle="none")
-        axes[0, j].set_title(f"{arm} ({len(chosen)} patients)")
+        axes[0, j].set_title(f"{arm} ({len(chosen)} patient{'s' if len(chosen) != 1 else ''})")
         for i, (label, _, _, _) in enumerate(quantities):
             ax = axes[i, j]
             ax.set_yscale("log")
