@@ -373,7 +373,11 @@ def _add_risk(commands):
     score = actions.add_parser(
         "score", help="score a run's patients with a fitted model",
         description="Apply DIR's risk_model.json to a run (the same arm, or another "
-                    "run) and report AUC, calibration and Brier score.")
+                    "run) and report AUC, calibration and Brier score. One warning line on "
+                    "stderr (and a training_check column in DIR/risk_score_metrics.csv) "
+                    "names the arm the model was trained on and each scored arm of another "
+                    "dosing policy or outside its dose range: a model fitted under one "
+                    "policy need not hold under another.")
     score.add_argument("run", metavar="RUN", help="run directory")
     score.add_argument("model", metavar="MODEL", help="risk_model.json from `risk fit`")
     score.add_argument("--out", metavar="DIR", required=True, help="output directory")

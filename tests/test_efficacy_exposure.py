@@ -184,3 +184,61 @@ def test_shard_columns_from_parameters():
         assert (p["cart_auc_cells_d"] > 0).all()
     slow = tables["slow_kill_debulked"][0].to_pandas()
     np.testing.assert_allclose(slow["arm_param_k"], slow["param_k"] * 0.05 / 0.15, rtol=1e-14)
+
+
+# ------------------------------------------------------------ x tick labels (issue 13)
+
+def _visible_x_labels(ax):
+    """The drawn x tick labels of an axis (major and minor, inside the limits)."""
+    low, high = sorted(ax.get_xlim())
+    found = []
+    for tick in [*ax.xaxis.get_major_ticks(), *ax.xaxis.get_minor_ticks()]:
+        label = tick.label1
+        if (tick.get_visible() and label.get_visible() and label.get_text()
+                and low <= tick.get_loc() <= high):
+            found.append(label)
+    return found
+
+
+@pytest.mark.parametrize("spread", [None, 0.25])
+def test_efficacy_exposure_x_tick_labels_do_not_overlap(tmp_path, monkeypatch, spread):
+    """efficacy_exposure.png: on a log axis spanning about a decade matplotlib
+    labelled the minor ticks too ('3x10^-1' over '4x10^-1'); now at most
+    efficacy.MAX_TICKS labels per panel, at least two, none overlapping another
+    once drawn, for the synthetic cohort and a narrow spread of the quantities."""
+    figures, real = [], efficacy.save
+
+    def capture(fig, path):
+        fig.tight_layout()
+        fig.canvas.draw()
+        figures.append([[(label.get_text(), label.get_window_extent())
+                         for label in _visible_x_labels(ax)] for ax in fig.axes])
+        real(fig, path)
+    monkeypatch.setattr(efficacy, "save", capture)
+    frame = _synthetic()                 # about 1.4 and 1.2 decades of decile medians
+    if spread is not None:
+        rng = np.random.default_rng(5)
+        frame["efficacy_ratio"] = 2.0 * np.exp(spread * rng.standard_normal(len(frame)))
+        frame["cart_auc_cells_d"] = 3e10 * np.exp(spread * rng.standard_normal(len(frame)))
+    efficacy.section(frame, None, tmp_path)
+    (panels,) = figures
+    assert len(panels) == 2
+    for labels in panels:
+        boxes = sorted((box.x0, box.x1, text) for text, box in labels)
+        for (_, right, text), (left, _, following) in zip(boxes, boxes[1:]):
+            assert right < left, f"tick labels {text!r} and {following!r} overlap"
+        assert 2 <= len(labels) <= efficacy.MAX_TICKS, [t for t, _ in labels]
+
+
+def test_log_ticks_and_labels():
+    assert efficacy.log_ticks(0.2, 8.0) == pytest.approx([0.2, 0.5, 1, 2, 5])
+    assert efficacy.log_ticks(1e5, 1e9) == pytest.approx([1e5, 1e6, 1e7, 1e8, 1e9])
+    assert efficacy.log_ticks(1e-3, 1e12) == pytest.approx([1e-3, 1, 1e3, 1e6, 1e9, 1e12])
+    assert efficacy.log_ticks(1.4, 2.8) == pytest.approx([1.5, 2, 2.5])
+    for low, high in ((0.2, 8.0), (2.5e9, 6e10), (1.4, 2.8), (2.1, 2.6), (1e-3, 1e12),
+                      (0.501, 0.502), (3e-7, 9e-7)):
+        ticks = efficacy.log_ticks(low, high)
+        assert 2 <= len(ticks) <= efficacy.MAX_TICKS and low <= min(ticks) <= max(ticks) <= high
+        assert len({efficacy.tick_label(t) for t in ticks}) == len(ticks)
+    assert [efficacy.tick_label(v) for v in (0.3, 2.0, 1500.0, 2e10, 2.5e10, 5e-5)] == [
+        "0.3", "2", "1500", "2e10", "2.5e10", "5e-5"]

@@ -7,7 +7,12 @@
   ``risk_calibration.png``.
 * :func:`risk_score` applies a saved model to a run (any run: e.g. an
   independent cohort with another seed): ``risk_scores.parquet`` (one row per
-  patient and arm) and ``risk_score_metrics.csv`` (per arm).
+  patient and arm) and ``risk_score_metrics.csv`` (per arm, with
+  ``training_check``: whether the arm's dosing policy and doses are those the
+  model was trained on); one warning line on stderr names the training arm and
+  every scored arm of another policy or outside the trained dose range (a model
+  fitted under a fixed dose ranked an adaptive arm worse than chance), or says
+  that a model saved before its training arm was recorded cannot be checked.
 * :func:`risk_decide` turns utilities into the threshold tau and compares the
   policies on the test patients: ``risk_policies.csv``, ``risk_decision_curve.csv``,
   ``risk_decision.json``, ``risk_decide.md`` and ``risk_decision_curve.png``.
@@ -22,6 +27,7 @@ model records the model of the run it was fitted on (``run_model``), and
 grades would be on the wrong references).
 """
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -39,7 +45,7 @@ from pipeline.risk.calibration import (
     calibration_table,
 )
 from pipeline.risk.features import SOURCE_COLUMNS, risk_frame
-from pipeline.risk.model import DEFAULT_OPTIONS, RiskModel, fit
+from pipeline.risk.model import DEFAULT_OPTIONS, RiskModel, dose_range_label, fit
 from pipeline.risk.score import r_squared
 from pipeline.risk.utility import DEFAULT_UTILITIES, decision_curve, policy_table
 
@@ -130,6 +136,12 @@ def _ci(m, key="auc", digits=3):
     return f"{m[key]:.{digits}f} [{m[f'{key}_lower']:.{digits}f}, {m[f'{key}_upper']:.{digits}f}]"
 
 
+def _policy_text(model):
+    """'fixed: 1e+08 cells; doses 1e+08 cells': what ``risk score`` checks a run against."""
+    t = model.training_arm
+    return f"{t['description'] or 'policy not recorded'}; doses {dose_range_label(t['dose_cells'])}"
+
+
 def _fit_markdown(model, metrics, excluded):
     g = model.grading
     score_rows = [[s.label(), f"{metrics['scores'][t]['r_squared']:.3f}",
@@ -138,7 +150,8 @@ def _fit_markdown(model, metrics, excluded):
                f"{m['calibration_slope']:.3f}", f"{m['mean_p']:.3f}"]
               for name, m in metrics["probabilities"].items()]
     return "\n".join([
-        f"Arm `{model.arm}`: {model.training['n']:,} training and {metrics['n']:,} test "
+        f"Arm `{model.arm}` ({_policy_text(model)}): {model.training['n']:,} training and "
+        f"{metrics['n']:,} test "
         f"patients (split seed {model.seed}, test fraction {model.test_fraction}); "
         f"{excluded:,} left out (failed integration or non-positive features).",
         "",
@@ -168,19 +181,27 @@ def risk_fit(run_dir, out_dir, options=DEFAULT_OPTIONS, confidence=CONFIDENCE):
     the grading references of the run's model."""
     thresholds, severe_grade, model = outcome_rules(run_dir)
     return fit_files(open_patients(run_dir, SOURCE_COLUMNS), thresholds, severe_grade, out_dir,
-                     options, confidence, model=model)
+                     options, confidence, model=model, arms=run_scenario(run_dir).arms)
+
+
+def _scenario_arm(arms, name):
+    """The scenario's Arm called ``name`` (None without arms or without that one)."""
+    return next((a for a in arms or () if a.name == name), None)
 
 
 def fit_files(patients, thresholds, severe_grade, out_dir, options=DEFAULT_OPTIONS,
-              confidence=CONFIDENCE, *, model):
+              confidence=CONFIDENCE, *, model, arms=None):
     """:func:`risk_fit` on a patients DataFrame, with the scenario's IL-6
-    thresholds (pg/mL), severe grade and model (its name, e.g. "cart2")."""
+    thresholds (pg/mL), severe grade and model (its name, e.g. "cart2");
+    ``arms``: the scenario's arms, whose policy the model records for the arm
+    it is fitted on (None: the doses only)."""
     paths = _paths(out_dir, {"model": "risk_model.json", "metrics": "risk_metrics.json",
                              "calibration": "risk_calibration.csv", "summary": "risk_fit.md",
                              "score_by_grade": "risk_score_by_grade.png",
                              "roc": "risk_roc.png", "calibration_plot": "risk_calibration.png"})
     frame, excluded = risk_frame(patients, options.arm)
-    model = fit(frame, thresholds, severe_grade, options, model=model)
+    arm = _scenario_arm(arms, str(frame["arm"].iloc[0])) if len(frame) else None
+    model = fit(frame, thresholds, severe_grade, options, model=model, arm=arm)
     scored = model.apply(frame)
     test = scored[scored["test"]]
     metrics, tables = evaluate(test, confidence)
@@ -194,19 +215,69 @@ def fit_files(patients, thresholds, severe_grade, out_dir, options=DEFAULT_OPTIO
     return paths
 
 
-def risk_score(run_dir, model_path, out_dir, split="test", confidence=CONFIDENCE):
+def training_checks(model, frames, arms):
+    """{arm: (label, problems)} for each scored arm: its label for people
+    ("'adaptive' (adaptive: ...; doses 1e+07-1e+09 cells)") and
+    :meth:`RiskModel.transfer_problems` (None: cannot be checked), from its
+    risk frame (``frames``: {arm: frame}) and the scenario's ``arms``."""
+    checks = {}
+    for name, frame in frames.items():
+        arm = _scenario_arm(arms, name)
+        description = None if arm is None else arm.describe()
+        doses = frame["dose_cells"].to_numpy(dtype=float)
+        label = (f"{name!r} ({description or 'policy unknown'}; doses "
+                 f"{dose_range_label([doses.min(), doses.max()]) if doses.size else 'none'})")
+        checks[name] = (label, model.transfer_problems(description, doses))
+    return checks
+
+
+def training_check_notes(model, checks):
+    """({arm: note for the metrics file}, the one warning line or None)."""
+    trained = model.training_label()
+    if model.training_arm is None:
+        note = (f"cannot be checked: the model (fitted on arm {model.arm!r}) was saved "
+                f"before its training policy and dose range were recorded")
+        return ({name: note for name in checks},
+                f"warning: the risk model was saved before its training arm's policy and dose "
+                f"range were recorded (fitted on arm {model.arm!r}): cannot check that it "
+                f"applies to arms {', '.join(repr(n) for n in checks)} of this run")
+    notes, differing = {}, []
+    for name, (label, problems) in checks.items():
+        if problems:
+            notes[name] = f"{'; '.join(problems)}: arm {label}, trained on arm {trained}"
+            differing.append(f"arm {label}: {', '.join(problems)}")
+        else:
+            notes[name] = "ok"
+    if not differing:
+        return notes, None
+    return notes, (f"warning: the risk model was fitted on arm {trained}; it scores "
+                   f"{'; '.join(differing)}: its scores and probabilities need not hold "
+                   f"there (fit on the arm to be scored: `cartcohort risk fit --arm`)")
+
+
+def risk_score(run_dir, model_path, out_dir, split="test", confidence=CONFIDENCE, log=None):
     """Score every arm of a run with a saved model; metrics per arm on the
     ``split`` patients ("test": held out by the model's split; "all": every
-    patient, for a run the model was not fitted on)."""
+    patient, for a run the model was not fitted on). One warning line to
+    ``log`` (default stderr) when an arm's dosing policy or doses are not those
+    the model was trained on, or when the model does not record them."""
     model = RiskModel.load(model_path)
     _check_split(split)
+    try:
+        scenario = run_scenario(run_dir)
+    except ValueError:
+        if model.run_model is not None:
+            raise
+        scenario = None                 # an old model on a run without a readable scenario
     if model.run_model is not None:
-        check_run_model(model, run_scenario(run_dir).model)
+        check_run_model(model, scenario.model)
+    arms = None if scenario is None else scenario.arms
     paths = _paths(out_dir, {"scores": "risk_scores.parquet",
                              "metrics": "risk_score_metrics.csv"})
     patients = open_patients(run_dir, SOURCE_COLUMNS)
-    scored = pd.concat([model.apply(risk_frame(patients, arm)[0])
-                        for arm in dict.fromkeys(patients["arm"])], ignore_index=True)
+    frames = {arm: risk_frame(patients, arm)[0] for arm in dict.fromkeys(patients["arm"])}
+    notes, warning = training_check_notes(model, training_checks(model, frames, arms))
+    scored = pd.concat([model.apply(frame) for frame in frames.values()], ignore_index=True)
     scored.to_parquet(paths["scores"], index=False)
     rows = []
     for arm, group in scored.groupby("arm", sort=False):
@@ -214,8 +285,11 @@ def risk_score(run_dir, model_path, out_dir, split="test", confidence=CONFIDENCE
         rows.append({"arm": arm, "n": m["n"], "severe_rate": m["severe_rate"],
                      **{f"{t}_{k}": v for t, s in m["scores"].items() for k, v in s.items()},
                      **{f"p_{n}_{k}": v for n, s in m["probabilities"].items()
-                        for k, v in s.items()}})
+                        for k, v in s.items()},
+                     "training_check": notes[arm]})
     pd.DataFrame(rows).to_csv(paths["metrics"], index=False)
+    if warning:
+        print(warning, file=sys.stderr if log is None else log)
     return paths
 
 

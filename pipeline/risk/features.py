@@ -129,7 +129,8 @@ def reference_arm(patients):
 
 def risk_frame(patients, arm=None):
     """The features of one arm (default :func:`reference_arm`): a DataFrame with
-    ``patient_id``, ``arm`` and :data:`FEATURES`, and the number of the arm's
+    ``patient_id``, ``arm``, ``dose_cells`` (the dose given, which the model
+    records the range of) and :data:`FEATURES`, and the number of the arm's
     patients left out (failed integration or a non-finite or non-positive
     feature)."""
     missing = [c for c in SOURCE_COLUMNS if c not in patients.columns]
@@ -141,7 +142,7 @@ def risk_frame(patients, arm=None):
     if rows.empty:
         raise ValueError(f"no patients in arm {arm!r}; arms are "
                          f"{list(dict.fromkeys(patients['arm']))}")
-    frame = rows[["patient_id", "arm"]].copy()
+    frame = rows[["patient_id", "arm", "dose_cells"]].copy()
     for name, make in _DERIVED.items():
         frame[name] = make(rows).astype(float)
     values = frame[list(FEATURES)].to_numpy()

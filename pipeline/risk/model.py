@@ -21,6 +21,15 @@ rule a clinician could apply on day 3.
 
 Probability inputs are named ``score:<transform>`` (a fitted score) or
 ``assay:<column>`` (an early column, measured, on the log10 scale).
+
+The model records the arm it was trained on (``training_arm``): its name, its
+dosing policy (the scenario's ``policy`` and the arm's one-line description,
+e.g. "fixed: 1e+08 cells") and the range of doses its training patients got.
+A model fitted under one policy need not hold under another: under dose
+adaptation the dose is chosen from the same risk factors the features carry
+(:mod:`pipeline.risk.features`), and a model fitted on a fixed dose ranked an
+adaptive arm worse than chance. :meth:`RiskModel.transfer_problems` says how an
+arm to be scored differs (``cartcohort risk score`` warns of it).
 """
 import json
 from dataclasses import asdict, dataclass, field, replace
@@ -35,6 +44,7 @@ from pipeline.risk.score import TRANSFORMS, RiskScore
 
 FORMAT = "cartcohort-risk-model/1"
 PROBABILITIES = ("score", "early")
+DOSE_RTOL = 1e-9        # doses this close to the trained range's ends lie within it
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,11 @@ class RiskModel:
     (``seed``, ``test_fraction``), severe = grade >= ``severe_grade``, the early
     assay error, the grading model and the fitted scores and probabilities;
     ``run_model``: the simulation model of the run it was fitted on, whose
-    grading references it uses (None in files written before it was saved)."""
+    grading references it uses (None in files written before it was saved);
+    ``training_arm``: the arm it was fitted on, {"arm", "policy",
+    "description", "dose_cells": [min, max]} ("policy" and "description" None
+    when fitted without the scenario; the whole None in files written before it
+    was saved)."""
 
     arm: str
     seed: int
@@ -76,6 +90,7 @@ class RiskModel:
     probabilities: dict     # "score" / "early" -> LogisticModel
     training: dict          # n, severe events
     run_model: str = None   # e.g. "cart2"
+    training_arm: dict = None
 
     def is_test(self, frame):
         return is_test(frame["patient_id"].to_numpy(), self.seed, self.test_fraction)
@@ -114,7 +129,8 @@ class RiskModel:
                 "probabilities": {n: {"inputs": list(m.inputs),
                                       "coefficients": list(m.coefficients)}
                                   for n, m in self.probabilities.items()},
-                "training": self.training, "run_model": self.run_model}
+                "training": self.training, "run_model": self.run_model,
+                "training_arm": self.training_arm}
 
     @classmethod
     def from_dict(cls, data):
@@ -127,7 +143,38 @@ class RiskModel:
                    {t: RiskScore(**s) for t, s in data["scores"].items()},
                    {n: LogisticModel(tuple(m["inputs"]), tuple(m["coefficients"]))
                     for n, m in data["probabilities"].items()},
-                   dict(data["training"]), data.get("run_model"))
+                   dict(data["training"]), data.get("run_model"),
+                   _training_arm(data.get("training_arm")))
+
+    def training_label(self):
+        """The training arm for people: "'fixed' (fixed: 1e+08 cells; doses 1e+08 cells)"."""
+        t = self.training_arm
+        if t is None:
+            return f"{self.arm!r} (policy and doses not recorded)"
+        policy = t["description"] or "policy not recorded"
+        return f"{t['arm']!r} ({policy}; doses {dose_range_label(t['dose_cells'])})"
+
+    def transfer_problems(self, description, doses):
+        """How an arm to be scored differs from the training arm: a list of
+        reasons (empty when its policy is the same and its doses, an array of
+        cells, lie within the trained range), or None when this model has no
+        record of its training arm (saved before it was recorded) and it cannot
+        be checked. ``description``: the arm's one-line description
+        (:meth:`pipeline.config.Arm.describe`), None when unknown."""
+        t = self.training_arm
+        if t is None:
+            return None
+        problems = []
+        if t["description"] is None or description is None:
+            problems.append("dosing policy not recorded, not compared")
+        elif description != t["description"]:
+            problems.append("another dosing policy")
+        doses = np.asarray(doses, dtype=float)
+        low, high = t["dose_cells"]
+        if doses.size and (doses.min() < low * (1.0 - DOSE_RTOL)
+                           or doses.max() > high * (1.0 + DOSE_RTOL)):
+            problems.append("doses outside the trained range")
+        return problems
 
     def save(self, path):
         with open(path, "w", encoding="utf-8") as f:
@@ -147,11 +194,27 @@ class RiskModel:
             raise ValueError(f"{path}: not a valid risk model: {exc}") from None
 
 
-def fit(frame, thresholds_pg_ml, severe_grade, options=DEFAULT_OPTIONS, *, model):
+def dose_range_label(dose_cells):
+    """[1e7, 1e9] -> '1e+07-1e+09 cells'; one dose -> '1e+08 cells'."""
+    low, high = (float(d) for d in dose_cells)
+    return f"{low:.3g} cells" if f"{low:.3g}" == f"{high:.3g}" else f"{low:.3g}-{high:.3g} cells"
+
+
+def _training_arm(data):
+    if data is None:
+        return None
+    return {"arm": str(data["arm"]), "policy": data.get("policy"),
+            "description": data.get("description"),
+            "dose_cells": [float(d) for d in data["dose_cells"]]}
+
+
+def fit(frame, thresholds_pg_ml, severe_grade, options=DEFAULT_OPTIONS, *, model, arm=None):
     """Fit a :class:`RiskModel` on the training patients of a risk frame
     (``pipeline.risk.features.risk_frame``); ``thresholds_pg_ml`` and
     ``severe_grade`` from the scenario's ``[outcomes]``, ``model`` its model
-    (the grading references: :meth:`GradingModel.for_model`)."""
+    (the grading references: :meth:`GradingModel.for_model`); ``arm``: the
+    scenario's :class:`pipeline.config.Arm` of the frame (its policy is
+    recorded; None: the doses only)."""
     if options.calibrated_score not in TRANSFORMS:
         raise ValueError(f"calibrated score must be one of {TRANSFORMS}, "
                          f"got {options.calibrated_score!r}")
@@ -166,9 +229,17 @@ def fit(frame, thresholds_pg_ml, severe_grade, options=DEFAULT_OPTIONS, *, model
     grade = grading.grades(train)
     severe = grade >= severe_grade
     scores = {t: RiskScore.fit(train, grade, t, options.expansion) for t in TRANSFORMS}
-    partial = RiskModel(str(train["arm"].iloc[0]), options.seed, options.test_fraction,
+    arm_name = str(train["arm"].iloc[0])
+    if arm is not None and arm.name != arm_name:
+        raise ValueError(f"the arm's scenario entry is {arm.name!r}, its patients {arm_name!r}")
+    training_arm = {"arm": arm_name, "policy": None if arm is None else arm.policy,
+                    "description": None if arm is None else arm.describe(),
+                    "dose_cells": [float(train["dose_cells"].min()),
+                                   float(train["dose_cells"].max())]}
+    partial = RiskModel(arm_name, options.seed, options.test_fraction,
                         severe_grade, float(options.assay_sd), grading, scores, {},
-                        {"n": len(train), "severe": int(severe.sum())}, str(model))
+                        {"n": len(train), "severe": int(severe.sum())}, str(model),
+                        training_arm)
     inputs = {"score": (f"score:{options.calibrated_score}",),
               "early": tuple(f"assay:{c}" for c in EARLY_COLUMNS)}
     probabilities = {}

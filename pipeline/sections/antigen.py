@@ -17,7 +17,20 @@ Writes
 ``antigen_damage.png``     the distribution of off-tumour damage per tissue and arm;
 ``antigen_by_fraction.png`` escape and response against the A-negative fraction at
                            infusion (quintile medians, log scale).
+
+The model calls its antigens A and B (and its parameter sets ``mono_A``,
+``mono_B``, ``or_gate``, ``and_gate``); the tables and plots use the scenario's
+names for them (:func:`antigen_names`): a scenario names an antigen through the
+arm of its mono-specific design, e.g. ``configs/gbm_egfrviii.toml``'s arm
+``egfrviii_mono`` with parameter set ``mono_A`` names A "EGFRvIII" (spelled as
+in the scenario's description). An antigen no arm names keeps its letter
+(``configs/logic_gates.toml``'s ``mono_A`` names A "A"). The CSV files keep the
+model's A/B keys (as the dataset's ``relapse_phenotype`` and
+``offtumour_damage_A`` / ``_B``), ``antigen_damage.csv`` with the name in
+``antigen``.
 """
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -32,10 +45,53 @@ FRACTION_COLUMN = "antigen_A_fraction0"
 N_STRATA = 5
 LOG_SCALE_SPAN = 30.0     # a log x axis when the quintile medians span more than this factor
 RATES = (("responded", "response"), ("relapsed", "relapse"), ("escaped", "escape"))
+LETTERS = {"A": "A", "B": "B"}       # antigen -> its name where the scenario gives none
+# words of an arm's name that describe the design, not the antigen
+_DESIGN_WORDS = {"mono", "monospecific", "specific", "single", "car", "cart", "arm"}
 FILES = {"antigen_rates": "antigen_rates.csv", "antigen_phenotypes": "antigen_phenotypes.csv",
          "antigen_damage": "antigen_damage.csv", "antigen_strata": "antigen_strata.csv",
          "antigen_escape": "antigen_escape.png", "antigen_damage_plot": "antigen_damage.png",
          "antigen_by_fraction": "antigen_by_fraction.png"}
+
+
+def antigen_names(scenario):
+    """{"A": name, "B": name}: each antigen named by the arm of the scenario's
+    mono-specific design for it (binder w for that antigen only, OR logic, from
+    the arm's parameter set and parameters), from the arm's name less its
+    design words (``egfrviii_mono`` -> "egfrviii"), spelled as in the
+    scenario's description when it appears there ("EGFRvIII"); an antigen no
+    arm names (or two arms name differently), or a run without a scenario,
+    keeps its letter."""
+    names = dict(LETTERS)
+    if scenario is None or scenario.model != "dual_antigen":
+        return names
+    from kernels.models.dual_antigen import GATES
+    found = {}
+    for arm in scenario.arms:
+        gate = {**GATES.get(arm.parameter_set, {}), **dict(arm.parameters)}
+        w_a, w_b, logic = (gate.get(k) for k in ("w_A", "w_B", "or_logic"))
+        if logic is not None and logic != 1.0:
+            continue
+        antigen = "A" if (w_a, w_b) == (1.0, 0.0) else "B" if (w_a, w_b) == (0.0, 1.0) else None
+        words = [w for w in re.split(r"[\W_]+", arm.name) if w and w.lower() not in _DESIGN_WORDS]
+        if antigen is None or not words:
+            continue
+        found.setdefault(antigen, set()).add(" ".join(words))
+    description = scenario.description or ""
+    for antigen, candidates in found.items():
+        if len(candidates) != 1:
+            continue
+        name = candidates.pop()
+        spelled = re.search(rf"(?<!\w){re.escape(name)}(?!\w)", description, re.IGNORECASE)
+        names[antigen] = spelled.group(0) if spelled else name
+    return names
+
+
+def phenotype_label(phenotype, names):
+    """"A+B-" in the antigens' names: "EGFRvIII+ B-" (unchanged for A/B)."""
+    if names == LETTERS:
+        return phenotype
+    return f"{names['A']}{phenotype[1]} {names['B']}{phenotype[3]}"
 
 
 def _cell(events, n):
@@ -62,15 +118,16 @@ def phenotype_counts(ok):
     return counts.reindex(index=arms, columns=list(PHENOTYPES), fill_value=0)
 
 
-def damage_summary(ok):
-    """Per arm and tissue: median, 90th percentile and share above DAMAGE_THRESHOLD."""
+def damage_summary(ok, names=LETTERS):
+    """Per arm and tissue: median, 90th percentile and share above
+    DAMAGE_THRESHOLD; ``antigen``: the tissue's antigen by name."""
     rows = []
     for arm, group in ok.groupby("arm", sort=False):
         for tissue in TISSUES:
             damage = group[f"offtumour_damage_{tissue}"].to_numpy(float)
             events, n = int(np.count_nonzero(damage > DAMAGE_THRESHOLD)), damage.size
             lo, hi = wilson_interval(events, n)
-            rows.append({"arm": arm, "tissue": tissue, "n": n,
+            rows.append({"arm": arm, "tissue": tissue, "antigen": names[tissue], "n": n,
                          "median": float(np.median(damage)),
                          "p90": float(np.quantile(damage, 0.9)),
                          "above_threshold": events / n, "lower": float(lo),
@@ -95,12 +152,12 @@ def _error_bars(table):
             np.clip(100 * (table["upper"] - table["rate"]), 0.0, None)]
 
 
-def _plot_escape(rates, phenotypes, path):
+def _plot_escape(rates, phenotypes, path, names=LETTERS):
     plt = pyplot()
     arms = list(phenotypes.index)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     outcomes = [c for c, _ in RATES] + ["escaped_among_relapsed"]
-    labels = [label for _, label in RATES] + ["escape among relapsed"]
+    labels = [label for _, label in RATES] + ["escape among\nrelapsed"]   # clear of "escape"
     width = 0.8 / len(arms)
     colour = colours(arms)
     for i, arm in enumerate(arms):
@@ -118,7 +175,8 @@ def _plot_escape(rates, phenotypes, path):
     shades = colours(PHENOTYPES)
     for phenotype in PHENOTYPES:
         share = 100 * phenotypes[phenotype].to_numpy() / total.to_numpy()
-        right.bar(arms, share, 0.6, bottom=bottom, color=shades[phenotype], label=phenotype)
+        right.bar(arms, share, 0.6, bottom=bottom, color=shades[phenotype],
+                  label=phenotype_label(phenotype, names))
         bottom += share
     right.set_ylim(0, max(5.0, 1.1 * bottom.max()))
     right.set_ylabel("relapsed, % of patients")
@@ -127,7 +185,7 @@ def _plot_escape(rates, phenotypes, path):
     save(fig, path)
 
 
-def _plot_damage(ok, path):
+def _plot_damage(ok, path, names=LETTERS):
     plt = pyplot()
     arms = list(dict.fromkeys(ok["arm"]))
     colour = colours(arms)
@@ -139,15 +197,15 @@ def _plot_damage(ok, path):
             ax.step(100 * damage, 100 * survival, where="post", color=colour[arm], label=arm)
         ax.axvline(100 * DAMAGE_THRESHOLD, color="grey", linestyle="--", linewidth=1)
         ax.set_xlim(-2, 102)
-        ax.set_xlabel(f"largest loss of normal tissue {tissue} (% of baseline)")
-        ax.set_title(f"Normal tissue expressing only {tissue}")
+        ax.set_xlabel(f"largest loss of normal tissue {names[tissue]} (% of baseline)")
+        ax.set_title(f"Normal tissue expressing only {names[tissue]}")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("% of patients with at least this loss")
     axes[0].legend(fontsize=8)
     save(fig, path)
 
 
-def _plot_by_fraction(strata, path):
+def _plot_by_fraction(strata, path, names=LETTERS):
     plt = pyplot()
     arms = list(dict.fromkeys(strata["arm"]))
     colour = colours(arms)
@@ -162,12 +220,17 @@ def _plot_by_fraction(strata, path):
                 "median_negative_fraction"].min():
             ax.set_xscale("log")
         ax.set_ylim(-2, 102)
-        ax.set_xlabel("A-negative fraction at infusion, 1 - f_A (quintile median)")
-        ax.set_title(f"{label} by antigen-A heterogeneity")
+        ax.set_xlabel(f"{names['A']}-negative fraction at infusion, 1 - f_A (quintile median)")
+        ax.set_title(f"{label} by {_antigen(names['A'])} heterogeneity")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("% of patients (Wilson 95% CI)")
     axes[0].legend(fontsize=8)
     save(fig, path)
+
+
+def _antigen(name):
+    """'antigen-A' for a letter, the name itself ('EGFRvIII') otherwise."""
+    return f"antigen-{name}" if name in LETTERS else name
 
 
 def _rate_rows(rates, arms):
@@ -193,7 +256,7 @@ def _phenotype_rows(phenotypes, ok):
 
 
 def _damage_rows(damage):
-    return [[r.arm, r.tissue, f"{100 * r.median:.1f}", f"{100 * r.p90:.1f}",
+    return [[r.arm, r.antigen, f"{100 * r.median:.1f}", f"{100 * r.p90:.1f}",
              f"{100 * r.above_threshold:.1f} [{100 * r.lower:.1f}, {100 * r.upper:.1f}]"]
             for r in damage.itertuples()]
 
@@ -207,12 +270,13 @@ def section(patients, scenario, out_dir):
         return None
     arms = list(dict.fromkeys(ok["arm"]))
     paths = {key: out_dir / name for key, name in FILES.items()}
-    rates, phenotypes, damage = escape_rates(ok), phenotype_counts(ok), damage_summary(ok)
+    names = antigen_names(scenario)
+    rates, phenotypes, damage = escape_rates(ok), phenotype_counts(ok), damage_summary(ok, names)
     rates.to_csv(paths["antigen_rates"], index=False)
     phenotypes.rename_axis("arm").reset_index().to_csv(paths["antigen_phenotypes"], index=False)
     damage.to_csv(paths["antigen_damage"], index=False)
-    _plot_escape(rates, phenotypes, paths["antigen_escape"])
-    _plot_damage(ok, paths["antigen_damage_plot"])
+    _plot_escape(rates, phenotypes, paths["antigen_escape"], names)
+    _plot_damage(ok, paths["antigen_damage_plot"], names)
     lines = [
         ("Escape: relapsed, and more than half of the tumour at the horizon is made of cells "
          "the arm's gate does not recognise (column `escaped`). Rates in % [Wilson 95% CI] "
@@ -225,14 +289,15 @@ def section(patients, scenario, out_dir):
          "horizon, among relapsed patients (count and share of the arm's relapses), and "
          "the median day of relapse:"),
         "",
-        md_table(["arm", "relapses", *PHENOTYPES, "median relapse day"],
+        md_table(["arm", "relapses", *(phenotype_label(p, names) for p in PHENOTYPES),
+                  "median relapse day"],
                  _phenotype_rows(phenotypes, ok)),
         "",
         f"![Escape and relapse phenotypes]({FILES['antigen_escape']})",
         "",
         ("Off-tumour damage: the largest fractional loss of the normal tissue expressing "
-         f"only A or only B (%), and the share of patients losing more than "
-         f"{100 * DAMAGE_THRESHOLD:.0f}% of it:"),
+         f"only {names['A']} or only {names['B']} (%), and the share of patients losing "
+         f"more than {100 * DAMAGE_THRESHOLD:.0f}% of it:"),
         "",
         md_table(["arm", "tissue", "median", "90th percentile",
                   f"> {100 * DAMAGE_THRESHOLD:.0f}% loss"], _damage_rows(damage)),
@@ -244,11 +309,11 @@ def section(patients, scenario, out_dir):
     if FRACTION_COLUMN in ok.columns:
         strata = fraction_strata(ok)
         strata.to_csv(paths["antigen_strata"], index=False)
-        _plot_by_fraction(strata, paths["antigen_by_fraction"])
+        _plot_by_fraction(strata, paths["antigen_by_fraction"], names)
         written += ["antigen_strata", "antigen_by_fraction"]
-        lines += ["", ("Escape and response by the A-negative fraction of the tumour at "
-                       f"infusion (quintiles of f_A, cut at the same points for every arm; "
-                       f"table [{FILES['antigen_strata']}]({FILES['antigen_strata']})):"), "",
+        lines += ["", (f"Escape and response by the {names['A']}-negative fraction of the "
+                       f"tumour at infusion (quintiles of f_A, cut at the same points for every "
+                       f"arm; table [{FILES['antigen_strata']}]({FILES['antigen_strata']})):"), "",
                   f"![Escape by antigen heterogeneity]({FILES['antigen_by_fraction']})"]
     tables = (f"Tables: [{FILES['antigen_rates']}]({FILES['antigen_rates']}), "
               f"[{FILES['antigen_phenotypes']}]({FILES['antigen_phenotypes']}), "

@@ -15,6 +15,10 @@ from pipeline.aggregate import strata_rates, wilson_interval
 from pipeline.figures import colours, md_table, pyplot, save
 
 N_BINS = 10
+MAX_TICKS = 6             # labelled x ticks per panel at most (labels like "2e10" fit)
+# mantissas of the labelled log-axis ticks, finest first: the finest that gives
+# at most MAX_TICKS ticks is used, then every 2nd, 3rd ... decade
+TICK_MANTISSAS = ((1, 2, 3, 5), (1, 2, 5), (1, 3), (1,))
 QUANTITIES = (("efficacy_ratio", "initial efficacy ratio k E0 / r_T"),
               ("cart_auc_cells_d", "CAR T AUC (cells x day)"))
 FILES = {"efficacy_deciles": "efficacy_deciles.csv", "efficacy_exposure": "efficacy_exposure.png"}
@@ -36,6 +40,52 @@ def decile_rates(patients, column, n_bins=N_BINS):
     return rates
 
 
+def tick_label(value):
+    """A log-axis tick label: '0.3', '2', '1500', '2e10', '5e-5'."""
+    if 1e-3 <= value < 1e4:
+        return f"{value:g}"
+    mantissa, exponent = f"{value:.3e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+def log_ticks(low, high, max_ticks=MAX_TICKS):
+    """At most ``max_ticks`` tick values in [low, high] (0 < low < high) for a
+    log axis: m x 10^k for the finest mantissas of TICK_MANTISSAS that fit,
+    else every n-th decade; at least two ticks in a range too narrow for those
+    (mantissas 1..9, then in steps of 0.5 and 0.1, else two rounded values)."""
+    first, last = int(np.floor(np.log10(low))), int(np.ceil(np.log10(high)))
+
+    def inside(mantissas):
+        return [m * 10.0 ** k for k in range(first, last + 1) for m in mantissas
+                if low <= m * 10.0 ** k <= high]
+
+    for mantissas in TICK_MANTISSAS:
+        ticks = inside(mantissas)
+        if 2 <= len(ticks) <= max_ticks:
+            return ticks
+        if len(ticks) < 2:               # a narrow range: finer than 1-2-3-5
+            for step in (1.0, 0.5, 0.1):
+                ticks = inside(np.round(np.arange(1.0, 10.0, step), 1))
+                if 2 <= len(ticks) <= max_ticks:
+                    return ticks
+            return [float(f"{t:.3g}") for t in np.geomspace(low, high, 4)[1:3]]
+    decades = inside((1,))               # more than max_ticks decades
+    return decades[::int(np.ceil(len(decades) / max_ticks))]
+
+
+def _label_log_axis(ax):
+    """Replace matplotlib's log-axis labels, which label minor ticks too when
+    the axis spans about a decade and then overlap ('3x10^-1' over
+    '4x10^-1'), by at most MAX_TICKS compact labels; minor ticks unlabelled."""
+    from matplotlib.ticker import FixedLocator, NullFormatter
+    low, high = ax.get_xlim()
+    ax.set_xlim(low, high)               # fix the limits the data set
+    ticks = log_ticks(low, high)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.set_xticks(ticks, [tick_label(t) for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _plot(tables, path):
     plt = pyplot()
     fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 4.2), squeeze=False)
@@ -53,8 +103,9 @@ def _plot(tables, path):
         ax.set_ylabel("response % (Wilson 95% CI)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if any(label.startswith("initial efficacy") for label, _ in tables):
-        axes[0][0].axvline(1.0, color="grey", linestyle="--", linewidth=1)
+        if label.startswith("initial efficacy"):
+            ax.axvline(1.0, color="grey", linestyle="--", linewidth=1)
+        _label_log_axis(ax)
     fig.suptitle("Response by decile of efficacy ratio and of CAR T exposure")
     save(fig, path)
 

@@ -28,7 +28,7 @@ def section(patients, scenario, out_dir):
     rules = scenario.outcomes
     try:
         fitted = fit_files(patients, rules.crs_il6_thresholds_pg_ml, rules.severe_crs_grade,
-                           out_dir, model=scenario.model)
+                           out_dir, model=scenario.model, arms=scenario.arms)
         decided = decide_files(patients, RiskModel.load(fitted["model"]), out_dir)
     except ValueError as exc:          # e.g. too few severe cases in a small run to fit
         return Section(TITLE, f"No risk model for this run: {exc}", {})
