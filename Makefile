@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,bench]'
+	$(BIN)/python -m pip install -qq -c constraints.txt -e '.[test,bench]'  # -qq: no setuptools notice on editable installs
 	touch $(STAMP)
 
 # the default scenario (100,000 patients x 3 arms) on a local Dask cluster; run
