@@ -140,14 +140,19 @@ def run(scenario, run_dir=None, *, client=None, workers=None, resume=False, stre
                                     return_when="FIRST_COMPLETED").done
                 except TimeoutError:                    # none finished: a heartbeat
                     finished = ()
+                refused = None
                 for future in sorted(finished, key=lambda f: f.key):
-                    shard, records, refused = future.result()
-                    if refused is not None:
-                        client.cancel(futures)
-                        _end_progress(computed, stream)
-                        raise refused
+                    shard, records, refusal = future.result()
+                    if refusal is not None:
+                        refused = refused or refusal
+                        continue
                     done[shard] = records
                     computed += 1
+                if refused is not None:           # keep the shards of this batch, then stop
+                    client.cancel(futures)
+                    write_manifest(run_dir, scenario, done)
+                    _end_progress(computed, stream)
+                    raise refused
                 remaining -= set(finished)
                 if finished:
                     write_manifest(run_dir, scenario, done)
