@@ -278,3 +278,31 @@ def test_oracle_refines_the_feasible_edge(oracle_run):
     assert refined.sum() >= 5
     peak, _, _ = outcomes_at(y0[refined], params[refined], dosing.dose_cells[refined] * 1.01)
     assert np.all(peak > arm.target_il6_pg_ml)
+
+
+def test_oracle_window_search_gives_the_full_horizon_answer(oracle_run):
+    """The oracle searches up to the response day and checks the horizon after;
+    its doses are those of the same search on the full horizon, within its
+    log-dose tolerance (twice: each search has its own)."""
+    y0, params, arm, dosing, _, _ = oracle_run
+    full, feasible = policies._oracle_search(CART2, arm, SETTINGS, y0, params, None)
+    assert np.array_equal(feasible, dosing.meets_target)
+    gap = np.abs(np.log(dosing.dose_cells / full))
+    assert np.all(gap <= 2 * policies.ORACLE_LOG_DOSE_TOLERANCE), gap.max()
+
+
+def test_feasible_edge_finds_a_known_root_in_few_steps():
+    """Illinois on brackets of (x - r)(1 + x), a smooth monotone excess with a known
+    root per bracket - closes every bracket to the tolerance, with the feasible
+    end within it of the root, in far fewer evaluations than bisection's 12."""
+    roots = np.linspace(0.1, 0.9, 50)
+    calls = []
+
+    def excess(rows, x):
+        calls.append(rows.size)
+        return (x - roots[rows]) * (1 + x)
+
+    lo, steps = policies.feasible_edge(excess, np.zeros(50), np.ones(50), -roots * 1.0,
+                                       (1 - roots) * 2.0, 1e-4, 20)
+    assert np.all((lo <= roots + 1e-12) & (roots - lo <= 1e-4))   # 1e-12: rounding at the root
+    assert len(steps) <= 8
