@@ -199,7 +199,7 @@ def feasible_edge(excess, lo, hi, excess_lo, excess_hi, tolerance, max_steps):
     return lo, steps
 
 
-def _oracle_search(model, arm, scenario, y0, params, until_days):
+def oracle_search(model, arm, scenario, y0, params, until_days):
     """The oracle's search with the full model integrated up to ``until_days``:
     (dose[N], feasible[N]). See :func:`oracle_dose`."""
     n, g = y0.shape[0], ORACLE_GRID_DOSES
@@ -263,12 +263,12 @@ def oracle_dose(model, arm, scenario, y0, params):
     full-horizon search.
     """
     window = min(scenario.outcomes.response_day, scenario.horizon_days)
-    dose, feasible = _oracle_search(model, arm, scenario, y0, params, window)
+    dose, feasible = oracle_search(model, arm, scenario, y0, params, window)
     if window < scenario.horizon_days:
         peak, _ = full_model_outcomes(model, scenario, y0, params, dose)
         late = np.flatnonzero(feasible & ~(peak <= arm.target_il6_pg_ml))
         if late.size:
-            dose[late], feasible[late] = _oracle_search(model, arm, scenario, y0[late],
+            dose[late], feasible[late] = oracle_search(model, arm, scenario, y0[late],
                                                         params[late], None)
     return Dosing(dose, np.full(dose.shape, np.nan), feasible)
 

@@ -285,7 +285,7 @@ def test_oracle_window_search_gives_the_full_horizon_answer(oracle_run):
     its doses are those of the same search on the full horizon, within its
     log-dose tolerance (twice: each search has its own)."""
     y0, params, arm, dosing, _, _ = oracle_run
-    full, feasible = policies._oracle_search(CART2, arm, SETTINGS, y0, params, None)
+    full, feasible = policies.oracle_search(CART2, arm, SETTINGS, y0, params, None)
     assert np.array_equal(feasible, dosing.meets_target)
     gap = np.abs(np.log(dosing.dose_cells / full))
     assert np.all(gap <= 2 * policies.ORACLE_LOG_DOSE_TOLERANCE), gap.max()
