@@ -199,6 +199,65 @@ def feasible_edge(excess, lo, hi, excess_lo, excess_hi, tolerance, max_steps):
     return lo, steps
 
 
+def _valley_search(model, arm, scenario, y0, params, until_days, grid, peak, tumour, index,
+                   dose, best):
+    """Where the best grid dose is a strict minimum of the tumour among its grid
+    neighbours (each feasible and worse; the grid's ends have one), golden-section
+    search of the tumour over log dose between the neighbours, to
+    ORACLE_LOG_DOSE_TOLERANCE: the response-day tumour can dip sharply in dose
+    (elimination reached just before the response day, then regrowth) between
+    grid doses. At an end of the grid only where a probe inside is better. Updates
+    ``dose`` and ``best`` in place where a feasible dose of smaller tumour is found."""
+    n, g = tumour.shape
+    target = arm.target_il6_pg_ml
+    below, above = np.maximum(index - 1, 0), np.minimum(index + 1, g - 1)
+    rows = np.arange(n)
+
+    def worse_neighbour(j):
+        """A grid neighbour that is feasible with a larger tumour (or no neighbour)."""
+        return (j == index) | ((peak[rows, j] <= target) & (tumour[rows, j] > tumour[rows, index]))
+
+    candidates = np.flatnonzero((g > 1) & worse_neighbour(below) & worse_neighbour(above)
+                                & (peak[rows, index] <= target))
+    floor = max(scenario.atol, 1.0 / model.cells_per_unit)
+
+    def tumour_at(patients, log_dose):
+        """The tumour at the doses (inf where infeasible); keeps any better dose."""
+        peak_x, tumour_x = full_model_outcomes(model, scenario, y0[patients], params[patients],
+                                               np.exp(log_dose), until_days)
+        tumour_x = np.maximum(np.nan_to_num(tumour_x, nan=np.inf), floor)
+        tumour_x = np.where(peak_x <= target, tumour_x, np.inf)
+        better = tumour_x < best[patients]
+        dose[patients[better]], best[patients[better]] = np.exp(log_dose[better]), tumour_x[better]
+        return tumour_x
+
+    # at an end of the grid, the minimum lies inside only if the tumour falls
+    # on the way in: one probe 10 tolerances inside decides
+    at_end = (index[candidates] == 0) | (index[candidates] == g - 1)
+    ends = candidates[at_end]
+    if ends.size:
+        inward = np.where(index[ends] == 0, 10.0, -10.0) * ORACLE_LOG_DOSE_TOLERANCE
+        before = best[ends].copy()
+        tumour_at(ends, np.log(grid[index[ends]]) + inward)
+        ends = ends[best[ends] < before]
+    rows = np.concatenate([candidates[~at_end], ends])
+    if rows.size == 0:
+        return
+    a, b = np.log(grid[below[rows]]), np.log(grid[above[rows]])
+
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = tumour_at(rows, c), tumour_at(rows, d)
+    while np.max(b - a) > ORACLE_LOG_DOSE_TOLERANCE:
+        left = fc <= fd                                  # the minimum is in [a, d]
+        b, a = np.where(left, d, b), np.where(left, a, c)
+        c_new = np.where(left, b - ratio * (b - a), d)
+        d_new = np.where(left, c, a + ratio * (b - a))
+        f_new = tumour_at(rows, np.where(left, c_new, d_new))
+        fc, fd = np.where(left, f_new, fd), np.where(left, fc, f_new)
+        c, d = c_new, d_new
+
+
 def oracle_search(model, arm, scenario, y0, params, until_days):
     """The oracle's search with the full model integrated up to ``until_days``:
     (dose[N], feasible[N]). See :func:`oracle_dose`."""
@@ -213,6 +272,8 @@ def oracle_search(model, arm, scenario, y0, params, until_days):
     index, feasible, refine = oracle_grid_choice(peak, tumour, target)
     rows = np.arange(n)
     dose, best = grid[index], tumour[rows, index]
+    _valley_search(model, arm, scenario, y0, params, until_days, grid, peak, tumour, index,
+                   dose, best)
     edge = np.flatnonzero(refine)
     if edge.size == 0:
         return dose, feasible
@@ -249,7 +310,9 @@ def oracle_dose(model, arm, scenario, y0, params):
     (the next grid dose up is infeasible), the Illinois method on ln(peak /
     target) over log dose in that bracket (:func:`feasible_edge`, one kernel call
     per step for the brackets still open) moves to its largest feasible dose,
-    within :data:`ORACLE_LOG_DOSE_TOLERANCE`, kept if its tumour is no larger. It
+    within :data:`ORACLE_LOG_DOSE_TOLERANCE`, kept if its tumour is no larger;
+    where the best grid dose is a local minimum of the tumour, a golden-section
+    search between its grid neighbours finds a dip the grid steps over. It
     meets the target wherever any grid dose does, so the response need not be
     monotone in dose, nor peak IL-6. Where no grid dose meets the target it
     gives min_dose_cells and ``meets_target`` is False.
