@@ -164,8 +164,8 @@ def feasible_edge(excess, lo, hi, excess_lo, excess_hi, tolerance, max_steps):
     the end that stays twice in a row has its value halved (Illinois), and a
     bisection is taken where the secant is undefined (a NaN or infinite end),
     and a point is kept at least the tolerance inside the bracket (not past its
-    middle). Brackets close to ``tolerance``
-    in x, or after ``max_steps`` evaluations. Returns (lo, the steps' points and
+    middle). Brackets close to ``tolerance`` in x, or after ``max_steps``
+    evaluations. Returns (lo, the steps' points and
     values: a list of (rows, x, value) for the caller's bookkeeping).
     """
     lo, hi = lo.astype(float).copy(), hi.astype(float).copy()
@@ -199,6 +199,23 @@ def feasible_edge(excess, lo, hi, excess_lo, excess_hi, tolerance, max_steps):
     return lo, steps
 
 
+def _try_doses(model, arm, scenario, y0, params, until_days, patients, log_dose, dose, best,
+               ties):
+    """The full model for ``patients`` at exp(log_dose): returns (peak IL-6, the
+    tumour at the response day floored at one cell or atol, inf where the dose is
+    infeasible or failed). Where the tumour is smaller than ``best`` (or equal,
+    with ``ties``), ``dose`` and ``best`` take the new dose and tumour (in place)."""
+    peak_x, tumour_x = full_model_outcomes(model, scenario, y0[patients], params[patients],
+                                           np.exp(log_dose), until_days)
+    floor = max(scenario.atol, 1.0 / model.cells_per_unit)
+    tumour_x = np.maximum(np.nan_to_num(tumour_x, nan=np.inf), floor)
+    tumour_x = np.where(peak_x <= arm.target_il6_pg_ml, tumour_x, np.inf)
+    better = (tumour_x <= best[patients]) if ties else (tumour_x < best[patients])
+    better &= np.isfinite(tumour_x)
+    dose[patients[better]], best[patients[better]] = np.exp(log_dose[better]), tumour_x[better]
+    return peak_x, tumour_x
+
+
 def _valley_search(model, arm, scenario, y0, params, until_days, grid, peak, tumour, index,
                    dose, best):
     """Where the best grid dose is a strict minimum of the tumour among its grid
@@ -219,16 +236,11 @@ def _valley_search(model, arm, scenario, y0, params, until_days, grid, peak, tum
 
     candidates = np.flatnonzero((g > 1) & worse_neighbour(below) & worse_neighbour(above)
                                 & (peak[rows, index] <= target))
-    floor = max(scenario.atol, 1.0 / model.cells_per_unit)
 
     def tumour_at(patients, log_dose):
-        """The tumour at the doses (inf where infeasible); keeps any better dose."""
-        peak_x, tumour_x = full_model_outcomes(model, scenario, y0[patients], params[patients],
-                                               np.exp(log_dose), until_days)
-        tumour_x = np.maximum(np.nan_to_num(tumour_x, nan=np.inf), floor)
-        tumour_x = np.where(peak_x <= target, tumour_x, np.inf)
-        better = tumour_x < best[patients]
-        dose[patients[better]], best[patients[better]] = np.exp(log_dose[better]), tumour_x[better]
+        """The tumour at the doses (inf where infeasible); keeps any smaller one."""
+        _, tumour_x = _try_doses(model, arm, scenario, y0, params, until_days, patients,
+                                 log_dose, dose, best, ties=False)
         return tumour_x
 
     # at an end of the grid, the minimum lies inside only if the tumour falls
@@ -280,13 +292,8 @@ def oracle_search(model, arm, scenario, y0, params, until_days):
 
     def excess(subset, log_dose):
         """ln(peak / target) at the doses; keeps each bracket's best feasible dose."""
-        patients = edge[subset]
-        peak_x, tumour_x = full_model_outcomes(model, scenario, y0[patients],
-                                               params[patients], np.exp(log_dose), until_days)
-        tumour_x = np.maximum(np.nan_to_num(tumour_x, nan=np.inf), floor)
-        better = (peak_x <= target) & (tumour_x <= best[patients])
-        dose[patients[better]] = np.exp(log_dose[better])
-        best[patients[better]] = tumour_x[better]
+        peak_x, _ = _try_doses(model, arm, scenario, y0, params, until_days, edge[subset],
+                               log_dose, dose, best, ties=True)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.log(peak_x / target)
 
