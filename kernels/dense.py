@@ -13,8 +13,10 @@ import numba as nb
 from kernels.jit import jit_options
 from kernels.tableau import N_STAGES, P
 
-# bisection to 2**-60 of a step: below rounding of any time in days
-_BISECTION_STEPS = 60
+# roots of the interpolant to 2**-50 of a step (a step of 100 days: 1e-13 days),
+# far below the interpolant's own error; at most as many evaluations as bisection
+_ROOT_TOLERANCE = 2.0 ** -50
+_ROOT_EVALUATIONS = 64
 
 
 @nb.njit(**jit_options())
@@ -50,38 +52,54 @@ def quantity_integral(q0, h, c, theta):
 
 
 @nb.njit(**jit_options())
-def slope_root(c):
-    """theta in (0, 1) where dq/dtheta changes sign, by bisection.
+def _bracketed_root(a0, a1, a2, a3, a4):
+    """theta in [0, 1] with p(theta) = a0 + a1 theta + ... + a4 theta^4 = 0, where
+    p(0) = a0 and p(1) have opposite signs (or p(1) = 0).
 
-    The caller guarantees a sign change between theta = 0 and theta = 1.
+    Newton's method kept inside a bracket that shrinks with every evaluation;
+    a Newton step that would leave the bracket, or that is not at most half the
+    step before it, is replaced by bisection (the safeguard of Numerical
+    Recipes' ``rtsafe``). Converges in a handful of evaluations where
+    bisection to the same width took 50; never worse than bisection.
     """
     lo, hi = 0.0, 1.0
-    slope_lo = quantity_slope(c, lo)
-    for _ in range(_BISECTION_STEPS):
-        mid = 0.5 * (lo + hi)
-        slope_mid = quantity_slope(c, mid)
-        if (slope_mid > 0.0) == (slope_lo > 0.0):
-            lo, slope_lo = mid, slope_mid
+    positive_at_lo = a0 > 0.0
+    x = 0.5
+    step_before = 1.0
+    for _ in range(_ROOT_EVALUATIONS):
+        p = (((a4 * x + a3) * x + a2) * x + a1) * x + a0
+        if p == 0.0:
+            return x
+        if (p > 0.0) == positive_at_lo:
+            lo = x
         else:
-            hi = mid
-    return 0.5 * (lo + hi)
+            hi = x
+        dp = ((4.0 * a4 * x + 3.0 * a3) * x + 2.0 * a2) * x + a1
+        newton = x - p / dp   # dp = 0 gives inf or NaN, which fails the test below
+        step = abs(newton - x)
+        if (lo < newton) & (newton < hi) & (step <= 0.5 * step_before):
+            x = newton
+        else:
+            step = 0.5 * (hi - lo)
+            x = lo + step
+        if step <= _ROOT_TOLERANCE:
+            return x
+        step_before = step
+    return x
+
+
+@nb.njit(**jit_options())
+def slope_root(c):
+    """theta in (0, 1) where dq/dtheta = c0 + 2 c1 theta + 3 c2 theta^2 + 4 c3 theta^3
+    changes sign. The caller guarantees a sign change between theta = 0 and 1."""
+    return _bracketed_root(c[0], 2.0 * c[1], 3.0 * c[2], 4.0 * c[3], 0.0)
 
 
 @nb.njit(**jit_options())
 def level_root(q0, h, c, level):
-    """Smallest theta in (0, 1] with q(theta) = level, by bisection.
-
-    The caller guarantees q(0) and q(1) lie on opposite sides of ``level``.
-    """
-    lo, hi = 0.0, 1.0
-    below_lo = q0 < level
-    for _ in range(_BISECTION_STEPS):
-        mid = 0.5 * (lo + hi)
-        if (quantity_at(q0, h, c, mid) < level) == below_lo:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    """theta in (0, 1] with q(theta) = level. The caller guarantees q(0) and
+    q(1) lie on opposite sides of ``level`` (q(1) may equal it)."""
+    return _bracketed_root(q0 - level, h * c[0], h * c[1], h * c[2], h * c[3])
 
 
 @nb.njit(**jit_options())

@@ -16,7 +16,7 @@ the step controller restarts there (the right-hand side has a jump).
 
 Locating a crossing: when an accepted trial step [t, t + h] ends past the
 level, the crossing time t* is the root of the step's quartic interpolant
-(:func:`kernels.dense.level_root`, bisection to 2**-60 of the step). The trial
+(:func:`kernels.dense.level_root`, to 2**-50 of the step). The trial
 step is then turned into a rejection and the lane steps again from t, landing
 exactly on t* (as on a dose time), where the event fires. The error of t* is
 that of the dense output, of the order of the tolerance. A crossing that goes
