@@ -29,7 +29,7 @@ LOG2_SAFETY = math.log2(0.9)
 LOG2_MIN_FACTOR = math.log2(0.2)
 LOG2_MAX_FACTOR = math.log2(10.0)
 LOG2_MIN_ERR_PREV = math.log2(1e-4)
-# an error norm above this (or NaN) is treated as this: reject and shrink by 0.2
+# a squared error norm above this (or NaN) is treated as this: reject and shrink by 0.2
 ERR_CEILING = 1e300
 
 

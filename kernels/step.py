@@ -68,9 +68,11 @@ def trial_step(rhs, P, B, n):
 
     n_attempted, log2_err_prev, rejected_last = B.n_attempted, B.log2_err_prev, B.rejected_last
     log2_err, t_new, max_steps = B.log2_err, B.t_new, P.max_steps
+    inv_S = 1.0 / S
     for l in range(n):
-        err = np.sqrt(row2[l] / S)
-        err = err if err < ERR_CEILING else ERR_CEILING   # NaN -> reject
+        # err^2, without the square root: err <= 1 iff err^2 <= 1, log2 err = log2(err^2) / 2
+        err2 = row2[l] * inv_S
+        err2 = err2 if err2 < ERR_CEILING else ERR_CEILING   # NaN -> reject
         hl = h_try[l]
         attempts = n_attempted[l] + 1
         n_attempted[l] = attempts
@@ -79,8 +81,8 @@ def trial_step(rhs, P, B, n):
         st = STEP_UNDERFLOW if ((st == OK) & underflow) else st
         st = MAX_STEPS if ((st == OK) & (attempts > max_steps)) else st
         status[l] = st
-        ok = (err <= 1.0) & (st == OK)
-        le = log2(err)
+        ok = (err2 <= 1.0) & (st == OK)
+        le = 0.5 * log2(err2)
         h_new = hl * exp2(step_factor_log2(le, log2_err_prev[l], ok))
         h_new = min(h_new, hl) if (ok & rejected_last[l]) else h_new
         h[l] = h_new
