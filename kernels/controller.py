@@ -102,6 +102,7 @@ def restart_lanes(rhs, P, B, n):
         B.rejected_last[l] = False if restart else B.rejected_last[l]
     for s in range(S):
         for l in range(n):
-            B.K[0, s, l] = f0[s, l] if B.restart[l] else B.K[0, s, l]
+            if B.restart[l]:
+                B.K[0, s, l] = f0[s, l]
     for l in range(n):
         B.restart[l] = False

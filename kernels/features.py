@@ -245,9 +245,9 @@ def features_vector_pass(P, B, n):
             sign = 1.0 if kind == MAX else -1.0
             q = _quantity_row(P, f, B.y_new, n, B.row)
             for l in range(n):
-                better = B.accepted[l] & (sign * q[l] > sign * value[l])
-                value[l] = q[l] if better else value[l]
-                time[l] = B.t_new[l] if better else time[l]
+                if B.accepted[l] & (sign * q[l] > sign * value[l]):
+                    value[l] = q[l]
+                    time[l] = B.t_new[l]
             slope0 = _quantity_row(P, f, B.K[0], n, B.row)
             slope1 = _quantity_row(P, f, B.K[6], n, B.row2)
             for l in range(n):
@@ -256,8 +256,8 @@ def features_vector_pass(P, B, n):
         elif kind == AUC:
             mean = _quantity_row(P, f, B.integral, n, B.row)
             for l in range(n):
-                whole = B.accepted[l] & (B.t_new[l] <= arg)
-                value[l] = value[l] + B.h_try[l] * mean[l] if whole else value[l]
+                if B.accepted[l] & (B.t_new[l] <= arg):
+                    value[l] = value[l] + B.h_try[l] * mean[l]
                 partial = B.accepted[l] & (B.t[l] < arg) & (arg < B.t_new[l])
                 B.rare[l] = B.rare[l] | partial
         elif kind == VALUE_AT:

@@ -8,6 +8,12 @@
 * no ``fastmath``: results stay IEEE-exact, so a patient's numbers are the same
   bit for bit whether its lane runs in a vector or a scalar instruction, alone or
   in a batch, on one thread or many.
+* a lane-wise choice between two stored values is written as a conditional
+  store (``if accepted[l]: y[s, l] = y_new[s, l]``), not as
+  ``y[s, l] = y_new[s, l] if accepted[l] else y[s, l]``: LLVM turns the second
+  into a load through a selected address, which it will not vectorise
+  ("unsafe indirect dependence"); the first becomes a masked store. Measured
+  on the step's commit and the feature trackers' updates.
 * ``_nrt=False``: no reference counting. A lock-step block is a tuple of ~50
   arrays; with reference counting, every pass over it paid about a hundred
   atomic increments and decrements (measured: the feature pass ran 15x slower).

@@ -105,11 +105,13 @@ def commit(B, n):
     """Accepted lanes move to t_new; k1 <- k7 (first same as last)."""
     for s in range(B.y.shape[0]):
         for l in range(n):
-            B.y[s, l] = B.y_new[s, l] if B.accepted[l] else B.y[s, l]
-            B.K[0, s, l] = B.K[6, s, l] if B.accepted[l] else B.K[0, s, l]
+            if B.accepted[l]:
+                B.y[s, l] = B.y_new[s, l]
+                B.K[0, s, l] = B.K[6, s, l]
     for l in range(n):
         ok = B.accepted[l]
-        B.t[l] = B.t_new[l] if ok else B.t[l]
-        B.log2_err_prev[l] = max(B.log2_err[l], LOG2_MIN_ERR_PREV) if ok else B.log2_err_prev[l]
+        if ok:
+            B.t[l] = B.t_new[l]
+            B.log2_err_prev[l] = max(B.log2_err[l], LOG2_MIN_ERR_PREV)
         B.n_accepted[l] += 1 if ok else 0
         B.rejected_last[l] = not ok
