@@ -273,6 +273,7 @@ def _child_throughput(spec):
         sol = p.solve(threads=threads)
         times.append(time.perf_counter() - begin)
     counts = np.bincount(sol.status.astype(np.int64), minlength=4)
+    peer = _peer_in_child(p, sol, threads, repeats) if spec.get("peer") else None
     outputs = sol.features.nbytes + sol.saved.nbytes + sol.status.nbytes + sol.n_steps.nbytes
     inputs = p.arm.y0.nbytes + p.arm.params.nbytes + p.arm.doses.amounts.nbytes
     peak = _proc_status_kb("VmHWM") / 1024.0 if reset else _maxrss_mb()
@@ -285,7 +286,22 @@ def _child_throughput(spec):
         "peak_rss_mb": peak, "base_rss_mb": rss_base, "peak_reset": reset,
         "process_maxrss_mb": _maxrss_mb(),
         "outputs_mb": outputs / 2**20, "inputs_mb": inputs / 2**20,
+        "peer": peer,
     }
+
+
+def _peer_in_child(p, sol, threads, repeats):
+    """numbalsoda's DOP853 on the same patients and threads, right after the
+    kernel; its tumour at days 28 and 365 compared with the kernel's."""
+    from benchmarks import peer_numbalsoda
+    result = peer_numbalsoda.run(p, threads, repeats)
+    mine = sol.features[:, [FEATURE_NAMES.index("tumour_day28"),
+                            FEATURE_NAMES.index("tumour_day365")]]
+    theirs = result.pop("tumour_day28_365")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.abs(mine - theirs) / np.abs(theirs)
+    result["median_rel_diff"] = float(np.nanmedian(rel))
+    return result
 
 
 def _run_child(spec, cache_dir):
@@ -422,6 +438,25 @@ def _print_table(rows, scipy_rate):
               f"{not_ok:>6}  {times}")
 
 
+def _print_peer(rows):
+    print("compiled peer: numbalsoda DOP853 (Hairer's 8th-order pair, C++), one call per "
+          "patient in a numba prange loop,")
+    print("  same patients, threads, tolerances and repetitions, run in the same child right "
+          "after the kernel; it")
+    print("  returns states at days 0, 28 and 365 only, so it computes 2 of the six "
+          "features (tumour at days 28, 365)")
+    head = (f"{'N':>8} {'threads':>7} {'kernel/s':>11} {'DOP853/s':>11} {'kernel / DOP853':>16} "
+            f"{'not ok':>6} {'median |rel diff|':>18}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        q = r["peer"]
+        print(f"{r['n']:>8} {r['threads']:>7} {r['patients_per_s']:>11,.0f} "
+              f"{q['patients_per_s']:>11,.0f} {r['patients_per_s'] / q['patients_per_s']:>16.2f} "
+              f"{q['failures']:>6} {q['median_rel_diff']:>18.1e}")
+    print()
+
+
 def _int_list(text):
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -479,6 +514,11 @@ def main(argv=None):
         print(f"skipped thread counts above NUMBA_NUM_THREADS: {skipped}")
     print(flush=True)
 
+    from benchmarks import peer_numbalsoda
+    peer = peer_numbalsoda.available()
+    if not peer:
+        print("compiled peer: numbalsoda is not installed, so no DOP853 column "
+              "(`make bench` installs it)")
     cache_dir = tempfile.mkdtemp(prefix="cartcohort-bench-numba-")
     try:
         # 1. JIT: cold, then warm, in fresh interpreters sharing one new cache.
@@ -536,7 +576,7 @@ def main(argv=None):
                 print(f"  running N={n}, threads={t} ({repeats} repetition(s)) ...",
                       file=sys.stderr, flush=True)
                 rows.append(_run_child({"mode": "throughput", "n": n, "threads": t,
-                                        "repeats": repeats}, cache_dir))
+                                        "repeats": repeats, "peer": peer}, cache_dir))
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
 
@@ -546,6 +586,8 @@ def main(argv=None):
           f"this run)")
     _print_table(rows, sp["patients_per_s"])
     print()
+    if peer:
+        _print_peer(rows)
     print("memory: 'peak RSS MB' = peak resident set of each child process during the "
           "N-patient work (sampling +")
     print("  solve repetitions; high-water mark reset after the warm-up), including the "
@@ -577,6 +619,8 @@ def main(argv=None):
         sp_out = {k: v for k, v in sp.items() if k != "features"}
         for r in rows:
             r["ratio_vs_scipy"] = r["patients_per_s"] / sp["patients_per_s"]
+            if r["peer"]:
+                r["ratio_vs_dop853"] = r["patients_per_s"] / r["peer"]["patients_per_s"]
         cold.pop("features", None)
         warm.pop("features", None)
         warm.pop("status", None)

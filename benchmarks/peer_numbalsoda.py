@@ -30,24 +30,30 @@ def available():
     return dop853 is not None
 
 
+@nb.njit(inline="always")
+def cart_rhs_into(u, p, du):
+    """The cart equations for one patient, written again because numbalsoda calls
+    a C-pointer cfunc (tests/test_benchmark_peers.py compares them with
+    kernels/models/cart.py)."""
+    T, E, M, X, I = u[0], u[1], u[2], u[3], u[4]
+    r, Tmax, k, Kk, Ks = p[0], p[1], p[2], p[3], p[4]
+    a, dE, gx, m, rho = p[5], p[6], p[7], p[8], p[9]
+    dM, dX, s, c = p[10], p[11], p[12], p[13]
+    inv = 1.0 / ((Ks + T) * (Kk + T))
+    stim = T * (Kk + T) * inv
+    kill = k * E * T * Kk * (Ks + T) * inv
+    du[0] = r * T * (Tmax - T) / Tmax - kill
+    du[1] = a * stim * E - dE * E - gx * stim * E - m * E + rho * M * stim
+    du[2] = m * E - dM * M - rho * M * stim
+    du[3] = gx * stim * E - dX * X
+    du[4] = s * kill - c * I
+
+
 def _compile():
     @nb.cfunc(lsoda_sig)
     def cart_rhs(t, u_, du_, p_):
-        u = nb.carray(u_, (N_STATES,))
-        du = nb.carray(du_, (N_STATES,))
-        p = nb.carray(p_, (N_PARAMS,))
-        T, E, M, X, I = u[0], u[1], u[2], u[3], u[4]
-        r, Tmax, k, Kk, Ks = p[0], p[1], p[2], p[3], p[4]
-        a, dE, gx, m, rho = p[5], p[6], p[7], p[8], p[9]
-        dM, dX, s, c = p[10], p[11], p[12], p[13]
-        inv = 1.0 / ((Ks + T) * (Kk + T))
-        stim = T * (Kk + T) * inv
-        kill = k * E * T * Kk * (Ks + T) * inv
-        du[0] = r * T * (Tmax - T) / Tmax - kill
-        du[1] = a * stim * E - dE * E - gx * stim * E - m * E + rho * M * stim
-        du[2] = m * E - dM * M - rho * M * stim
-        du[3] = gx * stim * E - dX * X
-        du[4] = s * kill - c * I
+        cart_rhs_into(nb.carray(u_, (N_STATES,)), nb.carray(p_, (N_PARAMS,)),
+                      nb.carray(du_, (N_STATES,)))
 
     address = cart_rhs.address
 
