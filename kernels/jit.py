@@ -19,7 +19,21 @@
   atomic increments and decrements (measured: the feature pass ran 15x slower).
   Compiled kernels therefore never allocate; the few that must (block
   allocation, the parallel driver) ask for ``allocates=True``.
+* LLVM's memory-check budget raised (:data:`MEMORY_CHECKS`): a loop over lanes
+  that stores to some rows and reads others is vectorised behind a run-time
+  check that no stored row overlaps a read one, one check per pair. LLVM gives
+  up past 8 checks (128 under a pragma), and a model's right-hand side reads
+  and writes ~40 rows (cart2: 6 stored, 6 + 25 + 1 read: 200 checks, once per
+  call for a whole block of lanes, against a scalar loop over them; measured
+  with ``-pass-remarks-missed=loop-vectorize``: "too many memory checks").
+  The options are process-wide and change only which loops vectorise, never a
+  result (no fastmath).
 """
+import llvmlite.binding as llvm
+
+MEMORY_CHECKS = 1024
+llvm.set_option("", f"-runtime-memory-check-threshold={MEMORY_CHECKS}")
+llvm.set_option("", f"-vectorize-memory-check-threshold={MEMORY_CHECKS}")
 
 
 def jit_options(allocates=False, **extra):

@@ -1,4 +1,4 @@
-"""Branch-free ``log2`` and ``exp2`` that LLVM vectorises across patients.
+"""Branch-free ``log2``, ``exp2`` and ``exp`` that LLVM vectorises across patients.
 
 libm's ``pow``/``log``/``exp`` are opaque calls: inside a loop over patients they
 stop vectorisation (README.md#how-the-kernel-works; measured when the kernel was
@@ -22,6 +22,10 @@ from kernels.jit import jit_options
 _LN2 = math.log(2.0)
 _INV_LN2 = 1.0 / _LN2
 _SQRT2 = math.sqrt(2.0)
+# ln 2 split for the argument reduction of exp (Cody and Waite): _LN2_HI has
+# trailing zero bits, so k * _LN2_HI is exact for |k| < 2**11
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
 
 
 @intrinsic
@@ -75,17 +79,10 @@ def log2(x):
 
 
 @nb.njit(**jit_options(inline="always"))
-def exp2(z):
-    """2**z for z clamped to [-16, 16].
-
-    2**z = 2**k * exp(r) with k the integer nearest z (2**k built from its
-    IEEE-754 bits) and r = (z - k) ln2, |r| <= 0.347: Taylor series to r**13
-    (truncation below 1e-17).
-    """
-    z = max(z, -16.0)
-    z = min(z, 16.0)
-    k = np.floor(z + 0.5)
-    r = (z - k) * _LN2
+def _exp_reduced(k, r):
+    """2**k * exp(r) for an integer-valued k in [-1022, 1023] and |r| <= 0.347:
+    Taylor series of exp(r) to r**13 (truncation below 1e-17), 2**k from its
+    IEEE-754 bits."""
     p = 1.0 / 6227020800.0
     p = p * r + 1.0 / 479001600.0
     p = p * r + 1.0 / 39916800.0
@@ -101,3 +98,25 @@ def exp2(z):
     p = p * r + 1.0
     p = p * r + 1.0
     return p * _bits_float((np.int64(k) + 1023) << 52)
+
+
+@nb.njit(**jit_options(inline="always"))
+def exp2(z):
+    """2**z for z clamped to [-16, 16]: 2**z = 2**k * exp(r) with k the integer
+    nearest z and r = (z - k) ln2."""
+    z = max(z, -16.0)
+    z = min(z, 16.0)
+    k = np.floor(z + 0.5)
+    return _exp_reduced(k, (z - k) * _LN2)
+
+
+@nb.njit(**jit_options(inline="always"))
+def exp(x):
+    """e**x for x clamped to [-708, 709] (e**-708 = 3e-308, the smallest normal
+    double's neighbourhood; beyond 709 a double overflows): e**x = 2**k * exp(r),
+    k the integer nearest x / ln2, r = x - k ln2 in two parts (exact product
+    with the high part), so the error does not grow with |x|."""
+    x = max(x, -708.0)
+    x = min(x, 709.0)
+    k = np.floor(x * _INV_LN2 + 0.5)
+    return _exp_reduced(k, (x - k * _LN2_HI) - k * _LN2_LO)

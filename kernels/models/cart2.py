@@ -72,6 +72,7 @@ import numpy as np
 
 from kernels.models import phenotype
 from kernels.models.base import Model, Parameter, State, rhs_kernel
+from kernels.vecmath import exp
 
 _CALIBRATED = "calibrated: cartcohort calibrate configs/targets_dlbcl.toml, hand start {}"
 _ASSUMED = "assumption (hand calibration)"
@@ -146,7 +147,8 @@ def rhs(n, t, y, p, dydt):
         dX, k, Kk, Ke, kA = p[15, l], p[16, l], p[17, l], p[18, l], p[19, l]
         wc, dA, sI, cI, I0 = p[20, l], p[21, l], p[22, l], p[23, l], p[24, l]
         C = E + M + X
-        W = w_inf + (1.0 - w_inf) * np.exp(-t[l] / tau_w)
+        # vecmath's exp, not libm's: an opaque call would keep the loop scalar
+        W = w_inf + (1.0 - w_inf) * exp(-t[l] / tau_w)
         stim = T / (Ks + T)
         eng = T / (Kk + T + Ke * E)
         crowd = Kc / (Kc + C)
