@@ -137,16 +137,20 @@ def compile_features(features, state_names):
         kind, reports_time = KINDS[feature.kind]
         arg = feature.arg if kind in (AUC, VALUE_AT, CROSS_UP, CROSS_DOWN, REBOUND) else math.nan
         key = (kind, tuple(weights), arg)
-        trackers.setdefault(key, len(trackers))
-        outputs.append((trackers[key], reports_time))
-    keys = list(trackers)
+        trackers[key] = None          # one tracker per distinct (kind, quantity, argument)
+        outputs.append((key, reports_time))
+    # trackers in (kind, argument) order: landmarks of one day sit together, and
+    # the vector pass tests a day once (outputs name their tracker, so the order
+    # is free)
+    keys = sorted(trackers, key=lambda k: (k[0], 0.0 if math.isnan(k[2]) else k[2]))
+    rank = {key: r for r, key in enumerate(keys)}
     weights = np.array([k[1] for k in keys], dtype=np.float64).reshape(len(keys), len(state_names))
     single = [int(np.flatnonzero(w)[0]) if (np.count_nonzero(w) == 1 and w.max() == 1.0) else -1
               for w in weights]
     return CompiledFeatures(
         np.array([k[0] for k in keys], dtype=np.int64), np.ascontiguousarray(weights),
         np.array([k[2] for k in keys], dtype=np.float64), np.array(single, dtype=np.int64),
-        np.array([o[0] for o in outputs], dtype=np.int64),
+        np.array([rank[key] for key, _ in outputs], dtype=np.int64),
         np.array([o[1] for o in outputs], dtype=np.bool_))
 
 
@@ -180,6 +184,13 @@ def _dot(weights, Y, lane):
 
 
 @nb.njit(**jit_options(inline="always"))
+def _quantity(P, tracker, Y, lane):
+    """q = w . Y[:, lane] for one lane: the state itself when q is a single state."""
+    single = P.tracker_states[tracker]
+    return Y[single, lane] if single >= 0 else _dot(P.tracker_weights[tracker], Y, lane)
+
+
+@nb.njit(**jit_options(inline="always"))
 def start_features(P, B, lane):
     """Reset a lane's trackers at t0 and observe the initial (post-dose) state."""
     for f in range(P.tracker_kinds.shape[0]):
@@ -195,31 +206,26 @@ def start_features(P, B, lane):
 
 @nb.njit(**jit_options(inline="always"))
 def observe_point(P, B, Y, lane, t):
-    """Update trackers with the exact state ``Y[:, lane]`` at time t."""
+    """Update trackers with the exact state ``Y[:, lane]`` at time t (each
+    quantity computed only where its tracker can still change)."""
     for f in range(P.tracker_kinds.shape[0]):
         kind = P.tracker_kinds[f]
-        if kind == AUC:
-            continue
-        q = _dot(P.tracker_weights[f], Y, lane)
         arg = P.tracker_args[f]
-        if kind == MAX:
-            if q > B.f_value[f, lane]:
-                B.f_value[f, lane] = q
-                B.f_time[f, lane] = t
-        elif kind == MIN:
-            if q < B.f_value[f, lane]:
+        if kind == MAX or kind == MIN:
+            q = _quantity(P, f, Y, lane)
+            if (q > B.f_value[f, lane]) if kind == MAX else (q < B.f_value[f, lane]):
                 B.f_value[f, lane] = q
                 B.f_time[f, lane] = t
         elif kind == VALUE_AT:
             if arg == t:
-                B.f_value[f, lane] = q
-        elif kind == CROSS_UP:
-            if np.isnan(B.f_time[f, lane]) and q >= arg:
-                B.f_time[f, lane] = t
-        elif kind == CROSS_DOWN:
-            if np.isnan(B.f_time[f, lane]) and q <= arg:
-                B.f_time[f, lane] = t
+                B.f_value[f, lane] = _quantity(P, f, Y, lane)
+        elif kind == CROSS_UP or kind == CROSS_DOWN:
+            if np.isnan(B.f_time[f, lane]):
+                q = _quantity(P, f, Y, lane)
+                if (q >= arg) if kind == CROSS_UP else (q <= arg):
+                    B.f_time[f, lane] = t
         elif kind == REBOUND:
+            q = _quantity(P, f, Y, lane)
             level = B.f_value[f, lane]
             if np.isnan(B.f_time[f, lane]) and B.f_armed[f, lane] and q >= level:
                 B.f_time[f, lane] = t
@@ -261,6 +267,8 @@ def features_vector_pass(P, B, n):
                 partial = B.accepted[l] & (B.t[l] < arg) & (arg < B.t_new[l])
                 B.rare[l] = B.rare[l] | partial
         elif kind == VALUE_AT:
+            if f > 0 and kinds[f - 1] == VALUE_AT and P.tracker_args[f - 1] == arg:
+                continue                    # the same day, flagged by the tracker before
             for l in range(n):
                 inside = B.accepted[l] & (B.t[l] < arg) & (arg <= B.t_new[l])
                 B.rare[l] = B.rare[l] | inside
@@ -285,45 +293,55 @@ def features_vector_pass(P, B, n):
 
 @nb.njit(**jit_options(inline="always"))
 def features_inside_step(P, B, lane):
-    """The rare work for one lane's accepted step [t, t_new], on its interpolant."""
-    t, h = B.t[lane], B.h_try[lane]
+    """The rare work for one lane's accepted step [t, t_new], on its interpolant.
+
+    Each tracker is tested first on what the vector pass tested (the step's
+    bounds, the slopes k1 and k7 at its ends), and only a tracker with work
+    inside this step builds its interpolant: a lane flagged for one landmark
+    does not pay for the other trackers.
+    """
+    t, h, t_new = B.t[lane], B.h_try[lane], B.t_new[lane]
     c = B.coeffs
     for f in range(P.tracker_kinds.shape[0]):
         kind = P.tracker_kinds[f]
         w = P.tracker_weights[f]
         arg = P.tracker_args[f]
-        q0 = _dot(w, B.y, lane)
         if kind == MAX or kind == MIN:
             sign = 1.0 if kind == MAX else -1.0
-            dense.quantity_coefficients(w, B.K, lane, c)
-            if sign * dense.quantity_slope(c, 0.0) > 0.0 and sign * dense.quantity_slope(c, 1.0) < 0.0:
-                theta = dense.slope_root(c)
-                q = dense.quantity_at(q0, h, c, theta)
-                if sign * q > sign * B.f_value[f, lane]:
-                    B.f_value[f, lane] = q
-                    B.f_time[f, lane] = t + theta * h
+            if (sign * _quantity(P, f, B.K[0], lane) > 0.0) and (
+                    sign * _quantity(P, f, B.K[6], lane) < 0.0):
+                dense.quantity_coefficients(w, B.K, lane, c)
+                if (sign * dense.quantity_slope(c, 0.0) > 0.0
+                        and sign * dense.quantity_slope(c, 1.0) < 0.0):
+                    theta = dense.slope_root(c)
+                    q = dense.quantity_at(_quantity(P, f, B.y, lane), h, c, theta)
+                    if sign * q > sign * B.f_value[f, lane]:
+                        B.f_value[f, lane] = q
+                        B.f_time[f, lane] = t + theta * h
         elif kind == AUC:
-            if t < arg and arg < B.t_new[lane]:
+            if t < arg and arg < t_new:
                 dense.quantity_coefficients(w, B.K, lane, c)
-                B.f_value[f, lane] += h * dense.quantity_integral(q0, h, c, (arg - t) / h)
+                B.f_value[f, lane] += h * dense.quantity_integral(
+                    _quantity(P, f, B.y, lane), h, c, (arg - t) / h)
         elif kind == VALUE_AT:
-            if t < arg and arg < B.t_new[lane]:
+            if t < arg and arg < t_new:
                 dense.quantity_coefficients(w, B.K, lane, c)
-                B.f_value[f, lane] = dense.quantity_at(q0, h, c, (arg - t) / h)
-        elif kind == REBOUND:
-            # the vector pass armed the lane only if this step ended below the
-            # level, so here armed still tells whether it was below before the step
-            level = B.f_value[f, lane]
-            q1 = _dot(w, B.y_new, lane)
-            if np.isnan(B.f_time[f, lane]) and B.f_armed[f, lane] and q0 < level <= q1:
-                dense.quantity_coefficients(w, B.K, lane, c)
-                B.f_time[f, lane] = t + dense.level_root(q0, h, c, level) * h
-        else:
-            sign = 1.0 if kind == CROSS_UP else -1.0
-            q1 = _dot(w, B.y_new, lane)
-            if np.isnan(B.f_time[f, lane]) and sign * q0 < sign * arg and sign * q1 >= sign * arg:
-                dense.quantity_coefficients(w, B.K, lane, c)
-                B.f_time[f, lane] = t + dense.level_root(q0, h, c, arg) * h
+                B.f_value[f, lane] = dense.quantity_at(_quantity(P, f, B.y, lane), h, c,
+                                                       (arg - t) / h)
+        elif np.isnan(B.f_time[f, lane]):
+            q0, q1 = _quantity(P, f, B.y, lane), _quantity(P, f, B.y_new, lane)
+            if kind == REBOUND:
+                # the vector pass armed the lane only if this step ended below the
+                # level, so here armed still tells whether it was below before the step
+                level = B.f_value[f, lane]
+                if B.f_armed[f, lane] and q0 < level <= q1:
+                    dense.quantity_coefficients(w, B.K, lane, c)
+                    B.f_time[f, lane] = t + dense.level_root(q0, h, c, level) * h
+            else:
+                sign = 1.0 if kind == CROSS_UP else -1.0
+                if sign * q0 < sign * arg and sign * q1 >= sign * arg:
+                    dense.quantity_coefficients(w, B.K, lane, c)
+                    B.f_time[f, lane] = t + dense.level_root(q0, h, c, arg) * h
 
 
 @nb.njit(**jit_options(inline="always"))
